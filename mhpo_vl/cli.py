@@ -1,0 +1,50 @@
+"""`mhpo-vl` command line. Each subcommand lives in its own module, imported only when that subcommand runs,
+so `mhpo-vl --help` stays fast and vLLM/DeepSpeed load only where they are needed.
+
+A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported lazily.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("mhpo_vl.commands.train", "RL-train a model from a YAML config (+ key=value overrides)"),
+    "eval": ("mhpo_vl.commands.eval", "sample a model on benchmarks and report Avg@k / Pass@k / majority vote"),
+    "eval-run": ("mhpo_vl.commands.eval_run", "evaluate every checkpoint of a training run (best vs latest)"),
+    "report": ("mhpo_vl.commands.report", "compare evaluated runs side by side"),
+    "score": ("mhpo_vl.commands.score", "score existing model outputs with a benchmark's rules"),
+    "data": ("mhpo_vl.commands.data", "look at datasets: `data show`, `data overlap`"),
+    "plot": ("mhpo_vl.commands.plot", "plot training curves of one or several runs"),
+    "make-tiny-model": ("mhpo_vl.commands.make_tiny_model", "build a tiny random Qwen2.5-VL (or Qwen2) offline"),
+    "plot-loss-shapes": ("mhpo_vl.commands.plot_loss_shapes", "draw psi, zeta and M(r) of the losses (paper Fig. 2/3)"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mhpo-vl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Only the chosen subcommand's module is imported; the others get a stub parser for --help listings.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+            p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""`mhpo-vl make-tiny-model OUT [--text-only] [--seed S] [--size key=value ...]`: a random-weight model, offline."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def _parse_size(item: str) -> tuple[str, int | float]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--size expects key=value (e.g. hidden_size=256), got {item!r}")
+    try:
+        number: int | float = int(value)
+    except ValueError:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--size {key}: {value!r} is not a number") from None
+    return key, number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="folder to write the model, tokenizer and processor into")
+    parser.add_argument("--text-only", action="store_true", help="a Qwen2 causal LM instead of a Qwen2.5-VL")
+    parser.add_argument("--seed", type=int, default=0, help="weight-initialisation seed (same seed -> same bytes)")
+    parser.add_argument(
+        "--size",
+        type=_parse_size,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an architecture size (repeatable), e.g. --size hidden_size=256 --size num_hidden_layers=4; "
+        "keys are the fields of mhpo_vl.tiny_model.TinySizes",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mhpo_vl.tiny_model import build_tiny_text_model, build_tiny_vl_model
+
+    start = time.perf_counter()
+    build = build_tiny_text_model if args.text_only else build_tiny_vl_model
+    out = build(args.out, seed=args.seed, **dict(args.size))
+    size_mb = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
+    kind = "Qwen2 text" if args.text_only else "Qwen2.5-VL"
+    print(f"wrote tiny {kind} model to {out} ({size_mb:.1f} MB, {time.perf_counter() - start:.1f} s)")
+    return 0

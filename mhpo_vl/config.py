@@ -1,0 +1,297 @@
+"""Run configuration: dataclass schema -> YAML file -> `key.path=value` overrides -> validated object.
+
+Unknown keys are errors that name the key and list the valid ones (a typo never silently becomes a default).
+The resolved config is written next to every run (`config.yaml` in the output directory).
+Defaults follow EasyR1's `examples/config.yaml` (the recipe the MHPO paper says it follows, Sec. 4.1
+"standard practices") unless a comment says otherwise; experiment YAMLs under configs/ hold only what differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DatasetSpec:
+    name: str = "geosynth"  # a name from mhpo_vl.datasets, or a path to a column-mapping YAML
+    source: str | None = None  # local file/folder; None = the dataset's Hugging Face name
+    split: str | None = "train"
+    limit: int | None = None  # keep the first N rows (after loading, before shuffling)
+    options: dict[str, Any] = field(default_factory=dict)  # adapter-specific (e.g. geosynth n/seed/difficulty)
+
+
+@dataclass
+class ModelConfig:
+    # Hub name, local folder, or "tiny:vl" / "tiny:text": a tiny random model built offline (mhpo-vl make-tiny-model)
+    name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    tiny_overrides: dict[str, Any] = field(default_factory=dict)  # sizes for tiny:* models
+    dtype: str = "bfloat16"
+    freeze_vision_tower: bool = True  # issue 4: frozen by default; an error if the tower is missing
+    gradient_checkpointing: bool = True
+    attn_implementation: str | None = None
+
+
+@dataclass
+class DataConfig:
+    train: DatasetSpec = field(default_factory=lambda: DatasetSpec(name="geometry3k", split="train"))
+    val: DatasetSpec = field(default_factory=lambda: DatasetSpec(name="geometry3k", split="test"))
+    template: str = "reason_boxed"  # a name from mhpo_vl.prompts or a path to a template file
+    system_prompt: str | None = None
+    use_images: bool = True  # False: the text-only path (text models)
+    max_prompt_length: int = 2048
+    min_pixels: int | None = 262144  # EasyR1
+    max_pixels: int | None = 4194304  # EasyR1
+    shuffle: bool = True
+    seed: int = 1
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "vllm"  # "vllm" | "hf" (HF generate: slow; for debugging and logprob comparisons)
+    n: int = 5  # K samples per prompt (EasyR1)
+    temperature: float = 1.0
+    top_p: float = 0.99  # EasyR1
+    max_tokens: int = 2048  # max response length (paper Sec. 4.1: 2048 for Qwen2.5 models)
+    gpu_memory_utilization: float = 0.6
+    enable_sleep_mode: bool = True  # GPU only: free vLLM's memory while the trainer works
+    max_model_len: int | None = None  # default: max_prompt_length + max_tokens
+    val_temperature: float = 0.5  # EasyR1 val_override_config
+    val_top_p: float = 1.0
+    val_n: int = 1  # Avg@k during validation
+    use_sampler_logprobs: bool = False  # True: old logprobs = vLLM's instead of a trainer recompute
+
+
+@dataclass
+class RewardConfig:
+    accuracy_weight: float = 0.9  # EasyR1 math reward: 0.9 accuracy + 0.1 format
+    format_weight: float = 0.1
+    num_workers: int = 2
+    timeout_s: float = 5.0
+
+
+@dataclass
+class AlgorithmConfig:
+    loss: str = "mhpo"  # grpo | dapo | gspo | sapo | mhpo
+    loss_params: dict[str, Any] = field(default_factory=dict)  # e.g. {c: 1.5} or {eps_high: 0.28}
+    aggregation: str | None = None  # None = the loss's paper default
+    adv_std_normalize: bool = True  # False = Dr. GRPO
+    adv_eps: float = 1e-6  # verl
+    adv_unbiased_std: bool = True  # verl (torch.std)
+    kl_coef: float = 0.0  # k3 KL to a frozen reference; EasyR1 uses 1e-2
+    dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and refill the batch
+    max_refill_rounds: int = 3
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6  # EasyR1
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class WarmStartConfig:
+    """Supervised warm-start on the training set's gold answers before RL (cold-start SFT). Off by default."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    batch_size: int = 16
+    response_template: str = "<think>{reasoning}</think> \\boxed{{{answer}}}"
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = "runs/default"
+    seed: int = 1
+    total_steps: int = 100
+    rollout_batch_size: int = 512  # prompts per step (EasyR1)
+    minibatch_size: int = 128  # prompts per optimiser step (EasyR1 global_batch_size)
+    micro_batch_size: int = 4  # rows per forward/backward (EasyR1 micro_batch_size_per_device_for_update)
+    ppo_epochs: int = 1
+    logprob_micro_batch_size: int = 16  # rows per no-grad forward (EasyR1 ..._for_experience)
+    logprob_chunk_size: int = 1024  # tokens per lm_head chunk (memory-lean logprobs)
+    val_every: int = 5
+    val_before_train: bool = True
+    save_every: int = 5
+    keep_last: int = 1  # latest checkpoints kept (besides the best)
+    max_consecutive_nonfinite: int = 3  # stop after this many skipped (non-finite) updates in a row
+    deepspeed: str | None = None  # path to a DeepSpeed JSON config (ZeRO-2/3); None = plain torch
+    resume: bool = True  # continue from <output_dir>/checkpoints latest when one exists
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int | None = None  # torch CPU threads
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> "RunConfig":
+        t = self.trainer
+        checks = [
+            (t.rollout_batch_size > 0, "trainer.rollout_batch_size must be > 0"),
+            (t.minibatch_size > 0, "trainer.minibatch_size must be > 0"),
+            (t.rollout_batch_size % t.minibatch_size == 0,
+             f"trainer.rollout_batch_size ({t.rollout_batch_size}) must be a multiple of trainer.minibatch_size ({t.minibatch_size})"),
+            (t.micro_batch_size > 0, "trainer.micro_batch_size must be > 0"),
+            (t.ppo_epochs >= 1, "trainer.ppo_epochs must be >= 1"),
+            (self.rollout.n >= 1, "rollout.n must be >= 1"),
+            (self.rollout.backend in ("vllm", "hf"), f"rollout.backend must be 'vllm' or 'hf', got {self.rollout.backend!r}"),
+            (self.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32|bfloat16|float16, got {self.model.dtype!r}"),
+            (t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto|cpu|cuda, got {t.device!r}"),
+            (self.algorithm.kl_coef >= 0, "algorithm.kl_coef must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        # The loss name and its parameters are validated by the loss table itself (one place).
+        from mhpo_vl.losses import build_loss
+
+        build_loss(self.algorithm.loss, aggregation=self.algorithm.aggregation, kl_coef=self.algorithm.kl_coef,
+                   **self.algorithm.loss_params)
+        return self
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    types = _field_types(cls)
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; valid keys under "
+                          f"{path or 'the top level'}: {', '.join(types)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(types[name], value, f"{path}.{name}" if path else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path) if len(inner) == 1 else value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if origin is dict and isinstance(value, dict):
+        return dict(value)
+    if origin is list and isinstance(value, (list, tuple)):
+        return list(value)
+    if tp is Any:
+        return value
+    raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`a.b=1 c.d=[1,2]` -> nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; `loss_params` is replaced whole, since another loss's parameters would be invalid for it."""
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "loss_params":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file (may name a `base:` YAML, relative to itself) <- overrides; validated."""
+    tree = _read_yaml_with_bases(Path(path)) if path else {}
+    tree = _merge(tree, parse_overrides(overrides or []))
+    _build(RunConfig, tree, "")  # unknown keys and wrong types are reported against what the user wrote
+    # Merge over the full defaults so a partial section keeps its other defaults (e.g. data.val.name).
+    return _build(RunConfig, _merge(config_to_dict(RunConfig()), tree), "").validate()
+
+
+def _read_yaml_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path}: circular `base:` chain")
+    with open(path) as f:
+        tree = yaml.safe_load(f) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping")
+    base = tree.pop("base", None)
+    if base:
+        tree = _merge(_read_yaml_with_bases(path.parent / base, seen + (path.resolve(),)), tree)
+    return tree
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+
+    def fix(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return list(x)
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        return x
+
+    return fix(d)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,133 @@
+"""Process group, model wrapping and the optimiser step, for one process or many (accelerate), with or without
+DeepSpeed ZeRO. The trainer talks only to `Runtime`; nothing else in the package knows about ranks.
+
+Gradient arithmetic: the loss of each micro-batch is already normalised by GLOBAL counts (tokens or sequences of
+the whole minibatch across all ranks, see mhpo_vl.losses), so the gradient we want is the SUM over micro-batches
+and ranks. DDP and DeepSpeed average over ranks, and DeepSpeed also divides by its gradient-accumulation steps,
+so `backward` multiplies the loss by the factor that undoes exactly that.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import nullcontext
+from typing import Any, Iterable
+
+import torch
+
+
+class Runtime:
+    def __init__(self, *, device: str = "auto", deepspeed_config: str | None = None, micro_steps_per_update: int = 1,
+                 micro_batch_size: int = 1, max_grad_norm: float = 1.0):
+        from accelerate import Accelerator
+        from accelerate.utils import DeepSpeedPlugin
+
+        use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        plugin = None
+        if deepspeed_config:
+            with open(deepspeed_config) as f:
+                ds = json.load(f)
+            # The trainer owns these numbers; a shipped config says "auto" for them.
+            ds["gradient_accumulation_steps"] = micro_steps_per_update
+            ds["gradient_clipping"] = max_grad_norm
+            ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+            ds.pop("train_batch_size", None)
+            plugin = DeepSpeedPlugin(hf_ds_config=ds)
+        self.accelerator = Accelerator(cpu=use_cpu, deepspeed_plugin=plugin)
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.world_size = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        self.uses_deepspeed = plugin is not None
+        self.micro_steps_per_update = micro_steps_per_update
+        self.max_grad_norm = max_grad_norm
+        self.model: Any = None
+        self.optimizer: Any = None
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+        if self.uses_deepspeed or self.world_size > 1:
+            model, optimizer = self.accelerator.prepare(model, optimizer)
+        else:
+            model = model.to(self.device)
+        self.model, self.optimizer = model, optimizer
+        return model, optimizer
+
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ---- one update = several micro-batches -----------------------------------------------------------------
+    def no_sync(self, last_micro: bool):
+        """DDP: skip the gradient all-reduce on all but the last micro-batch of an update."""
+        if self.world_size > 1 and not self.uses_deepspeed and not last_micro:
+            return self.model.no_sync()
+        return nullcontext()
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        scale = float(self.world_size)  # undo the rank average
+        if self.uses_deepspeed:
+            scale *= self.micro_steps_per_update  # undo DeepSpeed's division by its accumulation steps
+            engine = self.model
+            engine.set_gradient_accumulation_boundary(last_micro)
+            engine.backward(loss * scale)
+        else:
+            (loss * scale).backward()
+
+    def step(self) -> tuple[float, bool]:
+        """Clip, step, zero grads. Returns (grad norm before clipping, whether the update was applied).
+        A non-finite gradient norm skips the update (plain torch path). Under DeepSpeed, its engine clips and
+        steps; a non-finite loss is kept out of backward by the trainer instead."""
+        if self.uses_deepspeed:
+            self.model.step()
+            norm = self.model.get_global_grad_norm()
+            norm = float(norm) if norm is not None else float("nan")
+            return norm, math.isfinite(norm)
+        params = [p for p in self.unwrapped().parameters() if p.requires_grad]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+        applied = math.isfinite(norm)
+        if applied:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, applied
+
+    # ---- collectives ----------------------------------------------------------------------------------------
+    def all_reduce_sum(self, values: Iterable[float]) -> list[float]:
+        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return t.tolist()
+
+    def all_gather_objects(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    # ---- state ----------------------------------------------------------------------------------------------
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights on every call site that needs them (gathered from ZeRO-3 shards)."""
+        return self.accelerator.get_state_dict(self.model)
+
+    def optimizer_state(self) -> Any:
+        if self.uses_deepspeed:
+            return None  # saved by DeepSpeed's own checkpointing (save_deepspeed_state)
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: Any) -> None:
+        if state is not None and not self.uses_deepspeed:
+            self.optimizer.load_state_dict(state)
+
+    def save_deepspeed_state(self, folder: str) -> None:
+        if self.uses_deepspeed:
+            self.model.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
+
+    def load_deepspeed_state(self, folder: str) -> None:
+        if self.uses_deepspeed:
+            self.model.load_checkpoint(os.path.join(folder, "deepspeed"), tag="state",
+                                       load_module_strict=False)

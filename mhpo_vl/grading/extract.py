@@ -1,0 +1,131 @@
+"""Find the final answer in a model response.
+
+Order of conventions, first hit wins:
+  1. the last COMPLETE ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces balanced; ``\\boxed 5`` also accepted),
+  2. an explicit answer phrase, last occurrence: "final answer is X", "the answer is X", "Answer: X",
+     "correct option is X" (what MathVista / MathVerse / MathVision prompts ask for when they do not ask for a box),
+  3. only when the caller says the answer is a choice letter: a last line that is just a letter ("C", "(C)", "C."),
+  4. only when the caller says the answer is a number: the last number in the response (MathVista and MathVerse ask for
+     "the final value ... at the end" without a box).
+Anything else gives None: the grader then scores the response as wrong, never guesses.
+
+Responses are cut to their last ``MAX_RESPONSE_CHARS`` characters first, so a megabyte response costs the same as a
+long one (final answers sit at the end; a box opened before the cut and closed after it is lost, documented).
+"""
+from __future__ import annotations
+
+import re
+
+MAX_RESPONSE_CHARS = 65_536
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+# "The final answer is: $\boxed{..}$" is handled by the box rule; these phrases catch unboxed answers.
+_ANSWER_PHRASE = re.compile(r"\b(?:answer|correct\s+(?:option|choice))\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
+# A sentence ends at a newline, or at a period/semicolon followed by whitespace (a decimal point is not followed by one).
+_SENTENCE_END = re.compile(r"\n|[.;!?](?=\s|$)")
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
+_LONE_LETTER = re.compile(r"^\s*(?:\*\*)?\(?([A-Z])\)?[.:]?(?:\*\*)?\s*$")
+
+
+def tail(text: str, limit: int = MAX_RESPONSE_CHARS) -> str:
+    return text if len(text) <= limit else text[-limit:]
+
+
+def _braced_argument(text: str, open_at: int) -> tuple[str, int] | None:
+    """The content of the brace group opening at ``open_at`` and the index after it; None when unbalanced."""
+    depth = 0
+    i = open_at
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\" and i + 1 < n:  # an escaped brace (\{ or \}) does not open or close a group
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _box_at(text: str, start: int, command: str) -> str | None:
+    after = start + len(command)
+    if after < len(text) and (text[after].isalpha()):  # \boxedsomething is another macro
+        return None
+    j = after
+    while j < len(text) and text[j] in " \t":
+        j += 1
+    if j < len(text) and text[j] == "{":
+        group = _braced_argument(text, j)
+        return None if group is None else group[0]
+    if j > after:  # "\boxed 5": the argument runs to the next space or math delimiter
+        m = re.match(r"[^\s$]+", text[j:])
+        return m.group(0) if m else None
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete ``\\boxed{}``/``\\fbox{}``; an unclosed one (a cut-off response) is skipped."""
+    positions = []
+    for command in _BOX_COMMANDS:
+        start = text.find(command)
+        while start != -1:
+            positions.append((start, command))
+            start = text.find(command, start + 1)
+    for start, command in sorted(positions, reverse=True):
+        content = _box_at(text, start, command)
+        if content is not None:
+            return content.strip()
+    return None
+
+
+def answer_after_phrase(text: str) -> str | None:
+    """X in the last "answer is X" / "Answer: X", up to the end of its sentence."""
+    matches = list(_ANSWER_PHRASE.finditer(text))
+    for m in reversed(matches):
+        rest = text[m.end() :]
+        end = _SENTENCE_END.search(rest)
+        candidate = (rest[: end.start()] if end else rest).strip()
+        candidate = candidate.strip("*").strip()  # markdown bold around the answer
+        if candidate.startswith("$") and candidate.endswith("$") and len(candidate) > 1:
+            candidate = candidate.strip("$").strip()
+        if candidate:
+            return candidate
+    return None
+
+
+def last_line_letter(text: str) -> str | None:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    m = _LONE_LETTER.match(lines[-1])
+    return m.group(1) if m else None
+
+
+def last_number(text: str) -> str | None:
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def extract_answer(response: str, *, expects_letter: bool = False, expects_number: bool = False, boxed_only: bool = False) -> str | None:
+    """The final answer in ``response`` by the conventions in the module docstring; None when there is none."""
+    text = tail(response)
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed
+    if boxed_only:
+        return None
+    phrase = answer_after_phrase(text)
+    if phrase:
+        return phrase
+    if expects_letter:
+        letter = last_line_letter(text)
+        if letter:
+            return letter
+    if expects_number:
+        return last_number(text)
+    return None

@@ -1,0 +1,75 @@
+"""Policy losses, chosen by name from a plain table (METHOD.md has every formula).
+
+    from mhpo_vl.losses import build_loss
+    fn = build_loss("mhpo")                          # or "grpo", "dapo", "gspo", "sapo", with parameters
+    out = fn(logprobs_NT, old_logprobs_NT, advantages_N, mask_NT)   # -> LossOutput(loss, metrics)
+
+Every loss accepts, besides its own parameters:
+- ``aggregation``: token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (default: the loss's paper's),
+- ``norm_length``: the constant of seq-mean-token-sum-norm (None -> the padded length T of each call),
+- ``kl_coef``: weight of the k3 KL-to-reference term (default 0; > 0 requires ``ref_logprobs`` in the call).
+Unknown names, unknown parameters and out-of-range values raise ValueError listing what is valid.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import dapo, grpo, gspo, mhpo, sapo
+from .aggregation import AGGREGATIONS
+from .base import LossInput, LossOutput, LossSpec, Param, TokenLoss, choice, nonnegative, optional_positive, validate_params
+from .policy_loss import PolicyLoss
+
+LOSSES: dict[str, LossSpec] = {
+    "grpo": grpo.SPEC,
+    "dapo": dapo.SPEC,
+    "gspo": gspo.SPEC,
+    "sapo": sapo.SPEC,
+    "mhpo": mhpo.SPEC,
+}
+
+
+def common_params(default_aggregation: str) -> tuple[Param, ...]:
+    """Parameters every loss takes (aggregation and KL are orthogonal to the choice of loss)."""
+    return (
+        choice("aggregation", default_aggregation, AGGREGATIONS),
+        optional_positive("norm_length"),
+        nonnegative("kl_coef", 0.0),
+    )
+
+
+def loss_params(name: str) -> tuple[Param, ...]:
+    """All parameters ``build_loss(name, ...)`` accepts, with defaults and ranges."""
+    spec = _spec(name)
+    return spec.params + common_params(spec.default_aggregation)
+
+
+def build_loss(name: str, **params: Any) -> PolicyLoss:
+    """The configured loss ``name`` (see LOSSES); ValueError on an unknown name or a bad/unknown parameter."""
+    spec = _spec(name)
+    merged = validate_params(f"loss {name!r}", loss_params(name), params)
+    common = {p.name: merged.pop(p.name) for p in common_params(spec.default_aggregation)}
+    if spec.resolve is not None:
+        try:
+            merged = spec.resolve(params, merged)
+        except ValueError as err:
+            raise ValueError(f"loss {name!r}: {err}") from None
+    return PolicyLoss(spec=spec, params=merged, **common)
+
+
+def _spec(name: str) -> LossSpec:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+__all__ = [
+    "AGGREGATIONS",
+    "LOSSES",
+    "LossInput",
+    "LossOutput",
+    "LossSpec",
+    "PolicyLoss",
+    "TokenLoss",
+    "build_loss",
+    "loss_params",
+]

@@ -1,0 +1,119 @@
+"""MHPO: Modulated Hazard-aware Policy Optimization (Wang et al. 2026; METHOD.md "MHPO", paper Eqs. 3-12).
+
+Per token, semi-gradient (stop-gradient ``sg`` on psi inside zeta):
+
+    psi(r)  = c * tanh(log r / c)                                             Log-Fidelity Modulator (Eq. 5)
+    zeta(p) = (softplus(p) / lambda_pos)^k_pos + (softplus(-p) / lambda_neg)^k_neg   Decoupled Hazard Penalty (Eq. 8)
+    J       = exp(psi(r) - zeta(sg[psi(r)])) * A                              (Eq. 10)
+    loss    = -aggregate(J)                          (paper: seq-mean-token-mean, -1/K sum_i 1/T_i sum_t J)
+
+Gradient (Eq. 11): ``dJ / d log pi_theta = M(r) A`` with ``M(r) = exp(psi - zeta) * sech^2(log r / c)``, bounded
+by exp(c^2 / 4) for every r (Eq. 12). Everything is computed from log r (exp(log r) is never formed), so any
+finite log-ratio, +-1e5 included, gives a finite loss and gradient: tanh saturates and sech^2 underflows to 0.
+
+Defaults (paper Sec. 4.1): c = 1.5, (k_pos, lambda_pos) = (1.5, 1.0), (k_neg, lambda_neg) = (2.0, 0.8).
+Note zeta(0) = (ln 2 / lambda_pos)^k_pos + (ln 2 / lambda_neg)^k_neg ~ 1.328 at the defaults, so on-policy the
+objective and its gradient carry the survival weight exp(-1.328) ~ 0.265 relative to GRPO: that is the paper's
+formula as written, implemented as such, and reported as ``survival_weight_mean``.
+
+Speed: the per-token objective is one autograd Function that computes psi, zeta, J and M(r) A in the forward
+pass and saves only M(r) A, so the backward pass is a single multiply (and M is already there for diagnostics).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .base import LossInput, LossSpec, TokenLoss, masked_fraction, masked_max, masked_mean, positive
+
+DEFAULTS = {"c": 1.5, "k_pos": 1.5, "lambda_pos": 1.0, "k_neg": 2.0, "lambda_neg": 0.8}
+
+
+def lfm_psi(log_ratio: Tensor, c: float = DEFAULTS["c"]) -> Tensor:
+    """Log-Fidelity Modulator psi = c tanh(log r / c): odd in log r, |psi| <= c, d psi / d r = 1 at r = 1."""
+    return c * torch.tanh(log_ratio / c)
+
+
+def dhp_zeta(
+    psi: Tensor,
+    k_pos: float = DEFAULTS["k_pos"],
+    lambda_pos: float = DEFAULTS["lambda_pos"],
+    k_neg: float = DEFAULTS["k_neg"],
+    lambda_neg: float = DEFAULTS["lambda_neg"],
+) -> Tensor:
+    """Decoupled Hazard Penalty: Weibull cumulative hazards H(x) = (x / lambda)^k of softplus(+-psi).
+
+    softplus(psi) ~ psi for psi >> 0 while softplus(-psi) -> 0, so the positive-shift hazard governs r > 1 and
+    the negative-shift hazard governs r < 1. zeta > 0, so the survival weight exp(-zeta) lies in (0, 1].
+    """
+    return (F.softplus(psi) / lambda_pos) ** k_pos + (F.softplus(-psi) / lambda_neg) ** k_neg
+
+
+def survival_weight(psi: Tensor, **hazard_params: float) -> Tensor:
+    """w = exp(-zeta(psi)) in (0, 1]: how much the DHP attenuates a token."""
+    return torch.exp(-dhp_zeta(psi, **hazard_params))
+
+
+def grad_multiplier(log_ratio: Tensor, c: float = DEFAULTS["c"], **hazard_params: float) -> Tensor:
+    """M(r) = exp(psi - zeta(psi)) sech^2(log r / c) = dJ / d log pi_theta divided by A (paper Eq. 11)."""
+    tanh = torch.tanh(log_ratio / c)
+    psi = c * tanh
+    return torch.exp(psi - dhp_zeta(psi, **hazard_params)) * (1.0 - tanh * tanh)
+
+
+def grad_multiplier_bound(c: float) -> float:
+    """exp(c^2 / 4): the paper's bound on sup_r M(r) (Eq. 12); ~1.755 at c = 1.5."""
+    return float(torch.tensor(c * c / 4.0, dtype=torch.float64).exp())
+
+
+class _MHPOTokenLoss(torch.autograd.Function):
+    """Per-token loss -J = -exp(psi - sg[zeta(psi)]) A, saving d(-J)/d log r = -M(r) A from the forward pass."""
+
+    @staticmethod
+    def forward(ctx, log_ratio_NT, advantages_NT, c, k_pos, lambda_pos, k_neg, lambda_neg):  # type: ignore[override]
+        tanh_NT = torch.tanh(log_ratio_NT / c)
+        psi_NT = c * tanh_NT
+        zeta_NT = dhp_zeta(psi_NT, k_pos, lambda_pos, k_neg, lambda_neg)
+        weight_NT = torch.exp(psi_NT - zeta_NT)  # the modulated, hazard-attenuated ratio
+        multiplier_NT = weight_NT * (1.0 - tanh_NT * tanh_NT)  # M(r): d psi / d log r = sech^2(log r / c)
+        neg_advantages_NT = -advantages_NT
+        ctx.save_for_backward(multiplier_NT * neg_advantages_NT)
+        ctx.mark_non_differentiable(psi_NT, zeta_NT, multiplier_NT)
+        return weight_NT * neg_advantages_NT, psi_NT, zeta_NT, multiplier_NT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss_NT, _grad_psi, _grad_zeta, _grad_multiplier):  # type: ignore[override]
+        (loss_slope_NT,) = ctx.saved_tensors  # d loss / d log r = -M(r) A
+        return grad_loss_NT * loss_slope_NT, None, None, None, None, None, None
+
+
+def token_loss(
+    inp: LossInput, *, c: float, k_pos: float, lambda_pos: float, k_neg: float, lambda_neg: float
+) -> TokenLoss:
+    loss_NT, psi_NT, zeta_NT, multiplier_NT = _MHPOTokenLoss.apply(
+        inp.log_ratio_NT, inp.advantages_NT, c, k_pos, lambda_pos, k_neg, lambda_neg
+    )
+    with torch.no_grad():
+        metrics = {
+            "psi_mean": masked_mean(psi_NT, inp),
+            "zeta_mean": masked_mean(zeta_NT, inp),
+            "survival_weight_mean": masked_mean(torch.exp(-zeta_NT), inp),
+            "grad_multiplier_mean": masked_mean(multiplier_NT, inp),
+            "grad_multiplier_max": masked_max(multiplier_NT, inp, empty_value=0.0),
+            "frac_logratio_beyond_c": masked_fraction(inp.log_ratio_NT.abs() > c, inp),
+        }
+    return TokenLoss(loss_NT, metrics)
+
+
+SPEC = LossSpec(
+    name="mhpo",
+    token_loss=token_loss,
+    params=tuple(positive(name, default) for name, default in DEFAULTS.items()),
+    default_aggregation="seq-mean-token-mean",
+    summary="exp(psi - sg zeta(psi)) A, psi = c tanh(log r / c), Weibull hazards of softplus(+-psi)",
+)
+
+__all__ = ["lfm_psi", "dhp_zeta", "survival_weight", "grad_multiplier", "grad_multiplier_bound", "token_loss", "SPEC"]

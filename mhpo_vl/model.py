@@ -1,0 +1,297 @@
+"""Load the policy, freeze its vision tower, and compute per-token log-probabilities of sampled responses.
+
+``per_token_logprobs`` never materialises full-vocabulary float32 logits for the whole batch: the lm_head is
+applied to chunks of response positions, in the forward pass and again (recomputed) in the backward pass.
+For Qwen2.5-VL (V=152,064) and 8k response tokens, full float32 logits alone are 5 GB, twice that with their grad.
+
+Which distribution the log-probabilities describe: ``log_softmax(lm_head(h) / temperature)`` over the vocabulary,
+optionally with ``suppressed_token_ids`` removed (see ``vision_token_ids``). This is the distribution vLLM samples
+from and reports with ``logprobs_mode="processed_logprobs"`` (temperature applied, banned tokens masked); vLLM's
+default ``"raw_logprobs"`` reports ``log_softmax(logits)`` before temperature and masking, which would not match
+the trainer for temperature != 1 (vllm/v1/sample/sampler.py, ``Sampler.forward``). top-p/top-k < 1 truncate the
+sampler's distribution further; the trainer does not, so keep them at 1 for on-policy logprob agreement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mhpo_vl.types import SequenceBatch
+
+# A masked logit: finite so that 0 * masked stays 0 in the entropy (with -inf it would be NaN).
+_MASKED_LOGIT = -1e30
+
+
+class VisionTowerNotFoundError(RuntimeError):
+    """Asked to freeze the vision tower of a model that has none where we look for it."""
+
+
+@dataclass
+class LoadedPolicy:
+    model: Any
+    processor: Any  # AutoProcessor for vision-language models, the tokenizer for text-only ones
+    tokenizer: Any
+    is_vision: bool
+    num_frozen_params: int  # parameter elements frozen (the vision tower), 0 for text models
+
+
+def is_vision_config(config: Any) -> bool:
+    return getattr(config, "vision_config", None) is not None
+
+
+def load_policy(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    freeze_vision: bool = True,
+    attn_implementation: str | None = None,
+) -> LoadedPolicy:
+    """Load a model (hub name or local folder) with transformers' Auto classes, plus its processor/tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    name_or_path = str(name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path)
+    is_vision = is_vision_config(config)
+    model_cls = AutoModelForImageTextToText if is_vision else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = model_cls.from_pretrained(name_or_path, **kwargs)
+    if is_vision:
+        processor = AutoProcessor.from_pretrained(name_or_path)
+        tokenizer = processor.tokenizer
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        processor = tokenizer
+    num_frozen = freeze_vision_tower(model) if (is_vision and freeze_vision) else 0
+    return LoadedPolicy(model=model, processor=processor, tokenizer=tokenizer, is_vision=is_vision, num_frozen_params=num_frozen)
+
+
+def find_vision_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The vision encoder incl. its patch merger: ``model.model.visual`` in transformers v5 Qwen2/2.5-VL."""
+    for owner in (getattr(model, "model", None), model):
+        tower = getattr(owner, "visual", None) if owner is not None else None
+        if isinstance(tower, torch.nn.Module):
+            return tower
+    top = [name for name, _ in model.named_children()]
+    inner = getattr(model, "model", None)
+    inner_names = [name for name, _ in inner.named_children()] if isinstance(inner, torch.nn.Module) else []
+    raise VisionTowerNotFoundError(
+        f"no vision tower found on {type(model).__name__}: looked for `.model.visual` and `.visual`; "
+        f"top-level modules are {top}" + (f", `.model` holds {inner_names}" if inner_names else "")
+        + ". Set freeze_vision=False for a text-only model."
+    )
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> int:
+    """Set requires_grad=False on every vision-tower parameter (merger included); returns the elements frozen."""
+    tower = find_vision_tower(model)
+    frozen = 0
+    for param in tower.parameters():
+        param.requires_grad_(False)
+        frozen += param.numel()
+    return frozen
+
+
+def vision_token_ids(config_or_tokenizer: Any) -> list[int]:
+    """Ids of the vision placeholder/marker tokens a response must never contain (sampler bans them)."""
+    names = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+    if hasattr(config_or_tokenizer, "convert_tokens_to_ids"):
+        ids = [config_or_tokenizer.convert_tokens_to_ids(n) for n in names]
+        unk = getattr(config_or_tokenizer, "unk_token_id", None)
+        return sorted({i for i in ids if i is not None and i != unk})
+    attrs = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return sorted({getattr(config_or_tokenizer, a) for a in attrs if getattr(config_or_tokenizer, a, None) is not None})
+
+
+# ------------------------------------------------------------------ chunked log-probabilities
+
+
+def _chunk_logits(hidden_CH, weight_VH, bias_V, temperature, suppressed_ids):
+    logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).float()
+    if temperature != 1.0:
+        logits_CV = logits_CV / temperature
+    if suppressed_ids is not None:
+        logits_CV[:, suppressed_ids] = _MASKED_LOGIT
+    return logits_CV
+
+
+class _ChunkedLMHeadLogprobs(torch.autograd.Function):
+    """logprob of ``targets`` (and entropy) under softmax(lm_head(hidden)/T), ``chunk_size`` rows at a time.
+
+    Backward recomputes each chunk's logits, so peak extra memory is O(chunk_size * V) instead of O(M * V).
+    d logprob / d z = onehot(target) - p ;  d entropy / d z = -p * (log p + H) ;  z = logits / T.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_MH, weight_VH, bias_V, targets_M, chunk_size, temperature, suppressed_ids, with_entropy):
+        M = hidden_MH.shape[0]
+        logprobs_M = hidden_MH.new_empty(M, dtype=torch.float32)
+        entropy_M = hidden_MH.new_empty(M if with_entropy else 0, dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, M, chunk_size):
+                stop = min(start + chunk_size, M)
+                z_CV = _chunk_logits(hidden_MH[start:stop], weight_VH, bias_V, temperature, suppressed_ids)
+                lse_C = torch.logsumexp(z_CV, dim=-1)
+                logprobs_M[start:stop] = z_CV.gather(1, targets_M[start:stop, None]).squeeze(1) - lse_C
+                if with_entropy:
+                    p_CV = torch.softmax(z_CV, dim=-1)
+                    entropy_M[start:stop] = lse_C - (p_CV * z_CV).sum(-1)
+        ctx.save_for_backward(hidden_MH, weight_VH, bias_V, targets_M)
+        ctx.chunk_size, ctx.temperature, ctx.suppressed_ids, ctx.with_entropy = chunk_size, temperature, suppressed_ids, with_entropy
+        if not with_entropy:
+            ctx.mark_non_differentiable(entropy_M)
+        return logprobs_M, entropy_M
+
+    @staticmethod
+    def backward(ctx, grad_logprobs_M, grad_entropy_M):
+        hidden_MH, weight_VH, bias_V, targets_M = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_hidden = torch.empty_like(hidden_MH) if need_h else None
+        # Accumulate the weight grad in float32 across chunks even for bf16 weights.
+        grad_weight = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device) if need_w else None
+        grad_bias = torch.zeros(bias_V.shape, dtype=torch.float32, device=bias_V.device) if need_b else None
+        use_entropy = ctx.with_entropy and grad_entropy_M is not None and grad_entropy_M.numel() > 0
+        M = hidden_MH.shape[0]
+        for start in range(0, M, ctx.chunk_size):
+            stop = min(start + ctx.chunk_size, M)
+            h_CH = hidden_MH[start:stop]
+            z_CV = _chunk_logits(h_CH, weight_VH, bias_V, ctx.temperature, ctx.suppressed_ids)
+            logp_CV = torch.log_softmax(z_CV, dim=-1)
+            p_CV = logp_CV.exp()
+            # grad wrt z from the logprob term: g * (onehot - p)
+            grad_z_CV = p_CV * (-grad_logprobs_M[start:stop, None])
+            grad_z_CV.scatter_add_(1, targets_M[start:stop, None], grad_logprobs_M[start:stop, None])
+            if use_entropy:
+                entropy_C = -(p_CV * logp_CV).sum(-1, keepdim=True)
+                grad_z_CV -= grad_entropy_M[start:stop, None] * p_CV * (logp_CV + entropy_C)
+            if ctx.temperature != 1.0:
+                grad_z_CV /= ctx.temperature
+            grad_z_CV = grad_z_CV.to(weight_VH.dtype)
+            if need_h:
+                grad_hidden[start:stop] = grad_z_CV @ weight_VH
+            if need_w:
+                grad_weight += (grad_z_CV.T @ h_CH).float()
+            if need_b:
+                grad_bias += grad_z_CV.float().sum(0)
+        grad_weight = grad_weight.to(weight_VH.dtype) if need_w else None
+        grad_bias = grad_bias.to(bias_V.dtype) if need_b else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+
+
+def chunked_lm_head_logprobs(
+    hidden_MH: torch.Tensor,
+    lm_head: torch.nn.Linear,
+    targets_M: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    suppressed_token_ids: Sequence[int] | None = None,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row logprob of ``targets_M`` (and entropy) under lm_head, computed ``chunk_size`` rows at a time."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for log-probabilities, got {temperature}")
+    suppressed = (
+        torch.as_tensor(list(suppressed_token_ids), dtype=torch.long, device=hidden_MH.device)
+        if suppressed_token_ids
+        else None
+    )
+    logprobs_M, entropy_M = _ChunkedLMHeadLogprobs.apply(
+        hidden_MH, lm_head.weight, lm_head.bias, targets_M, chunk_size, float(temperature), suppressed, with_entropy
+    )
+    return logprobs_M, (entropy_M if with_entropy else None)
+
+
+def _text_position_ids(attention_mask_NL: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a padded row sees the same positions as when run alone."""
+    position_ids_NL = attention_mask_NL.long().cumsum(-1) - 1
+    return position_ids_NL.clamp_(min=0)
+
+
+def _position_ids(model: torch.nn.Module, batch: SequenceBatch, model_inputs: dict[str, Any]) -> torch.Tensor:
+    input_ids_NL, attention_mask_NL = batch.input_ids_NL, batch.attention_mask_NL
+    config = model.config
+    if not is_vision_config(config):
+        return _text_position_ids(attention_mask_NL)
+    if model_inputs.get("image_grid_thw") is None and model_inputs.get("video_grid_thw") is None:
+        return _text_position_ids(attention_mask_NL)[None].expand(3, -1, -1)
+    # M-RoPE (3 x N x L): image tokens get (t, h, w) grid positions. The token types are rebuilt from input_ids
+    # because the processor's mm_token_type_ids cover the prompt only, not prompt + response.
+    mm_token_type_ids_NL = torch.zeros_like(input_ids_NL)
+    mm_token_type_ids_NL[input_ids_NL == config.image_token_id] = 1
+    mm_token_type_ids_NL[input_ids_NL == config.video_token_id] = 2
+    position_ids_3NL, _ = model.model.get_rope_index(
+        input_ids_NL,
+        mm_token_type_ids=mm_token_type_ids_NL,
+        image_grid_thw=model_inputs.get("image_grid_thw"),
+        video_grid_thw=model_inputs.get("video_grid_thw"),
+        second_per_grid_ts=model_inputs.get("second_per_grid_ts"),
+        attention_mask=attention_mask_NL,
+    )
+    return position_ids_3NL
+
+
+def per_token_logprobs(
+    model: torch.nn.Module,
+    batch: SequenceBatch,
+    *,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
+    suppressed_token_ids: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities [N, T] of ``batch.response_ids_NT`` (and entropies [N, T] if asked), float32.
+
+    Padded response positions (response_mask 0) hold 0. Gradients flow to the model when grad is enabled.
+    ``suppressed_token_ids`` (e.g. ``vision_token_ids(tokenizer)``) are removed from the distribution, matching a
+    sampler that bans them; a response containing one of them is an error.
+    """
+    N, L = batch.input_ids_NL.shape
+    T = batch.response_ids_NT.shape[1]
+    if T == 0 or T >= L:
+        raise ValueError(f"response length T={T} must be in [1, L) with L={L} (prompt + response)")
+    response_mask_NT = batch.response_mask_NT.bool()
+    if suppressed_token_ids:
+        banned_NT = torch.isin(batch.response_ids_NT, torch.as_tensor(list(suppressed_token_ids), device=batch.response_ids_NT.device))
+        bad = (banned_NT & response_mask_NT).nonzero()
+        if len(bad):
+            row, col = bad[0].tolist()
+            raise ValueError(
+                f"response row {row} holds suppressed token id {int(batch.response_ids_NT[row, col])} at response "
+                f"position {col} ({len(bad)} such tokens in the batch); the sampler should have banned it"
+            )
+    base = getattr(model, "model", None)
+    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or lm_head is None:
+        raise TypeError(f"{type(model).__name__} has no `.model` base and lm_head; pass the unwrapped HF model")
+
+    model_inputs = {k: v for k, v in batch.model_inputs.items() if k != "mm_token_type_ids"}
+    position_ids = _position_ids(model, batch, model_inputs)
+    hidden_NLH = base(
+        input_ids=batch.input_ids_NL,
+        attention_mask=batch.attention_mask_NL,
+        position_ids=position_ids,
+        use_cache=False,
+        **model_inputs,
+    ).last_hidden_state
+    # Position P-1+t predicts response token t; P = L - T.
+    hidden_NTH = hidden_NLH[:, L - T - 1 : L - 1]
+    # Only real response tokens go through the lm_head.
+    logprobs_M, entropy_M = chunked_lm_head_logprobs(
+        hidden_NTH[response_mask_NT],
+        lm_head,
+        batch.response_ids_NT[response_mask_NT],
+        chunk_size=chunk_size,
+        temperature=temperature,
+        suppressed_token_ids=suppressed_token_ids,
+        with_entropy=with_entropy,
+    )
+    logprobs_NT = logprobs_M.new_zeros(N, T).masked_scatter(response_mask_NT, logprobs_M)
+    entropy_NT = entropy_M.new_zeros(N, T).masked_scatter(response_mask_NT, entropy_M) if with_entropy else None
+    return logprobs_NT, entropy_NT

@@ -1,0 +1,1 @@
+"""Figures drawn from the package itself (matplotlib is imported inside the functions)."""

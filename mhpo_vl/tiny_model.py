@@ -1,0 +1,363 @@
+"""Tiny random-weight models of the real architectures, built offline for tests and CPU demos.
+
+``build_tiny_vl_model`` writes a Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``),
+``build_tiny_text_model`` a Qwen2 causal LM, both with a small Qwen2-style byte-level BPE tokenizer trained here on
+a corpus generated in code (math, geometry, LaTeX, English filler), so math answers tokenize sensibly.
+The folders load with transformers' Auto classes (offline) and with vLLM. A build is deterministic: the same
+arguments give byte-identical files.
+
+Size limits that are not obvious: vLLM's CPU attention only supports head_dim in {32, 64, 80, 96, ...}, so
+``hidden_size / num_attention_heads`` must be one of those; Qwen2.5-VL's M-RoPE sections must sum to head_dim / 2.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+# The Qwen2 pre-tokenizer split (same regex as transformers' Qwen2Tokenizer).
+QWEN_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# Qwen2/2.5-VL special tokens in Qwen's order (they follow the BPE vocabulary, as in the real tokenizer).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Added but not special (as in Qwen3): they survive skip_special_tokens when decoding, like real reasoning output.
+QWEN_THINK_TOKENS = ["<think>", "</think>"]
+
+# Qwen2.5-VL-Instruct's chat template (text-only messages render exactly like Qwen2.5-Instruct's).
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Image processor: patch 14 x merge 2 = 28-pixel cells; 4..16 visual tokens per image keeps prompts short.
+PATCH_SIZE = 14
+MERGE_SIZE = 2
+TEMPORAL_PATCH_SIZE = 2
+MIN_PIXELS = (PATCH_SIZE * MERGE_SIZE) ** 2 * 4
+MAX_PIXELS = (PATCH_SIZE * MERGE_SIZE) ** 2 * 16
+
+VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    """Architecture sizes; any field can be overridden through ``build_tiny_*_model(..., **size_overrides)``."""
+
+    vocab_target: int = 2048  # BPE merges are learned until the vocabulary (bytes + merges) reaches this
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 4096
+    rope_theta: float = 1_000_000.0
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_num_heads: int = 2
+    vision_intermediate_size: int = 128
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not divisible by num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.head_dim not in VLLM_CPU_HEAD_DIMS:
+            raise ValueError(
+                f"head_dim = hidden_size / num_attention_heads = {self.head_dim}; vLLM's CPU attention supports only "
+                f"{VLLM_CPU_HEAD_DIMS}"
+            )
+        if self.vision_hidden_size % self.vision_num_heads or (self.vision_hidden_size // self.vision_num_heads) % 4:
+            raise ValueError(
+                f"vision_hidden_size {self.vision_hidden_size} / vision_num_heads {self.vision_num_heads} must be a multiple of 4"
+            )
+
+    def mrope_section(self) -> list[int]:
+        """Temporal/height/width split of head_dim/2 rotary frequencies in Qwen's 16:24:24 proportions."""
+        half = self.head_dim // 2
+        temporal = half // 4
+        height = (half - temporal) // 2
+        return [temporal, height, half - temporal - height]
+
+
+def _sizes(overrides: dict[str, Any]) -> TinySizes:
+    known = {f.name for f in fields(TinySizes)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown tiny-model size override(s) {unknown}; valid: {sorted(known)}")
+    sizes = TinySizes(**overrides)
+    sizes.validate()
+    return sizes
+
+
+# ---------------------------------------------------------------- tokenizer corpus
+
+
+_WORDS = (
+    "the a an of and or to in on at is are be was were find what which how many much if then so thus therefore "
+    "let given since because we have has get gives given answer question solve compute calculate determine value "
+    "measure length area perimeter volume radius diameter circumference angle angles triangle triangles right "
+    "isosceles equilateral scalene acute obtuse square rectangle parallelogram rhombus trapezoid polygon pentagon "
+    "hexagon circle arc chord tangent secant sector segment line lines parallel perpendicular bisector median "
+    "altitude height base side sides vertex vertices diagonal point points midpoint center inscribed circumscribed "
+    "similar congruent ratio proportion sum difference product quotient equal equals degrees degree units unit cm "
+    "meters inches feet figure shown below above image diagram graph chart table plot axis x y coordinate slope "
+    "intercept function equation inequality solution solutions root roots integer number numbers real rational "
+    "fraction decimal percent probability mean median mode average total each every other first second third "
+    "step steps think reasoning final choose option options correct following true false not no yes more less "
+    "greater smaller largest smallest maximum minimum sine cosine tangent sin cos tan log exp sqrt pi theta alpha "
+    "beta gamma age years old price cost dollars apples students people time speed distance hours minutes"
+).split()
+
+_TEMPLATES = (
+    "Find the measure of angle {A}{B}{C}. The answer is \\boxed{{{n}}}.",
+    "In triangle {A}{B}{C}, {A}{B} = {n} and {B}{C} = {m}. Find {A}{C}.",
+    "<think>\nThe angles of a triangle sum to 180 degrees, so x = 180 - {n} - {m} = {d}.\n</think>\nThe answer is \\boxed{{{d}}}.",
+    "<think>\nArea = \\frac{{1}}{{2}} \\times {n} \\times {m} = {p}.\n</think>\n\\boxed{{{p}}}",
+    "Solve for x: {n}x + {m} = {s}. So x = \\frac{{{s} - {m}}}{{{n}}}.",
+    "Choices: (A) {n} (B) {m} (C) {d} (D) {p}. Answer: \\boxed{{{L}}}",
+    "$\\angle {A}{B}{C} = {n}^\\circ$, $m \\angle {C} = {m}^{{\\circ}}$, $\\sqrt{{{p}}}$, ${n}\\pi$, $\\frac{{{n}}}{{{m}}}$",
+    "The radius of circle {A} is {n} cm, so the circumference is 2\\pi r = {q}\\pi cm.",
+    "Hint: Please answer the question and provide the final answer at the end. Question: {w} {w} {w} {w}?",
+    "{w} {w} {w} {w} {w} {w}, {w} {w} {w}. {W} {w} {w} {n}.",
+    "Final answer: {n}.{m}",
+)
+
+
+def tokenizer_training_corpus(num_lines: int = 6000) -> list[str]:
+    """Deterministic text the BPE merges are learned from (same lines on every call)."""
+    rng = random.Random(20251123)
+    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+    lines = []
+    for _ in range(num_lines):
+        n, m = rng.randint(1, 179), rng.randint(1, 99)
+        values = {
+            "A": rng.choice(letters),
+            "B": rng.choice(letters),
+            "C": rng.choice(letters),
+            "n": n,
+            "m": m,
+            "d": max(180 - n - m, 1),
+            "p": n * m,
+            "q": 2 * n,
+            "s": n * rng.randint(1, 9) + m,
+            "L": rng.choice("ABCD"),
+        }
+        template = rng.choice(_TEMPLATES)
+        # {w}/{W} draw a fresh word at each occurrence.
+        parts = template.split("{w}")
+        template = "".join(p + (rng.choice(_WORDS) if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+        template = template.replace("{W}", rng.choice(_WORDS).capitalize())
+        lines.append(template.format(**values))
+    return lines
+
+
+def build_tokenizer(vocab_target: int = 2048):
+    """A Qwen2Tokenizer (byte-level BPE with Qwen's split regex and special tokens) trained on the code corpus."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import AddedToken, Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_target,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+    bpe.train_from_iterator(tokenizer_training_corpus(), trainer=trainer)
+    trained = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+
+    tokenizer = Qwen2Tokenizer(
+        vocab=dict(trained["vocab"]),
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        errors="replace",
+        model_max_length=32768,
+    )
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS], special_tokens=True)
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_THINK_TOKENS])
+    tokenizer.chat_template = QWEN_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _padded_vocab_size(tokenizer) -> int:
+    # Round up like Qwen does (151,665 tokens in a 151,936/152,064-row embedding); unused rows are never sampled
+    # meaningfully but must exist for vLLM and HF to agree on V.
+    return ((len(tokenizer) + 127) // 128) * 128
+
+
+def _write_provenance(out_dir: Path, kind: str, seed: int, sizes: TinySizes) -> None:
+    record = {"kind": kind, "seed": seed, "sizes": asdict(sizes), "head_dim": sizes.head_dim}
+    if kind == "vl":
+        record["mrope_section"] = sizes.mrope_section()
+        record["image_processor"] = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": PATCH_SIZE}
+    (out_dir / "tiny_model.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _seeded_init(model_cls, config, seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    return model.to(torch.float32).eval()
+
+
+def build_tiny_vl_model(out_dir: str | Path, seed: int = 0, **size_overrides: Any) -> Path:
+    """Write a random-weight Qwen2.5-VL (model, tokenizer, image/video processor, chat template) to ``out_dir``."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    sizes = _sizes(size_overrides)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(sizes.vocab_target)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=_padded_vocab_size(tokenizer),
+            hidden_size=sizes.hidden_size,
+            intermediate_size=sizes.intermediate_size,
+            num_hidden_layers=sizes.num_hidden_layers,
+            num_attention_heads=sizes.num_attention_heads,
+            num_key_value_heads=sizes.num_key_value_heads,
+            max_position_embeddings=sizes.max_position_embeddings,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": sizes.rope_theta,
+                "mrope_section": sizes.mrope_section(),
+            },
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            max_window_layers=sizes.num_hidden_layers,
+        ),
+        vision_config=dict(
+            depth=sizes.vision_depth,
+            hidden_size=sizes.vision_hidden_size,
+            intermediate_size=sizes.vision_intermediate_size,
+            num_heads=sizes.vision_num_heads,
+            out_hidden_size=sizes.hidden_size,
+            patch_size=PATCH_SIZE,
+            spatial_merge_size=MERGE_SIZE,
+            temporal_patch_size=TEMPORAL_PATCH_SIZE,
+            window_size=PATCH_SIZE * MERGE_SIZE * 2,
+            fullatt_block_indexes=[sizes.vision_depth - 1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    model = _seeded_init(Qwen2_5_VLForConditionalGeneration, config, seed)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out_dir)
+
+    pixel_kwargs = dict(
+        min_pixels=MIN_PIXELS,
+        max_pixels=MAX_PIXELS,
+        patch_size=PATCH_SIZE,
+        temporal_patch_size=TEMPORAL_PATCH_SIZE,
+        merge_size=MERGE_SIZE,
+    )
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixel_kwargs),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixel_kwargs),
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    _write_provenance(out_dir, "vl", seed, sizes)
+    return out_dir
+
+
+def build_tiny_text_model(out_dir: str | Path, seed: int = 0, **size_overrides: Any) -> Path:
+    """Write a random-weight Qwen2 causal LM with the same tokenizer and chat template to ``out_dir``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    sizes = _sizes(size_overrides)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(sizes.vocab_target)
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen2Config(
+        vocab_size=_padded_vocab_size(tokenizer),
+        hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size,
+        num_hidden_layers=sizes.num_hidden_layers,
+        num_attention_heads=sizes.num_attention_heads,
+        num_key_value_heads=sizes.num_key_value_heads,
+        max_position_embeddings=sizes.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": sizes.rope_theta},
+        bos_token_id=pad_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        max_window_layers=sizes.num_hidden_layers,
+        tie_word_embeddings=False,
+    )
+    model = _seeded_init(Qwen2ForCausalLM, config, seed)
+    model.generation_config.eos_token_id = [eos_id, pad_id]
+    model.generation_config.pad_token_id = pad_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    _write_provenance(out_dir, "text", seed, sizes)
+    return out_dir

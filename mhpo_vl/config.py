@@ -74,6 +74,7 @@ class RolloutConfig:
 class RewardConfig:
     accuracy_weight: float = 0.9  # EasyR1 math reward: 0.9 accuracy + 0.1 format
     format_weight: float = 0.1
+    require_think: bool = True  # format = "<think>...</think> then \\boxed{}"; False: just a \\boxed{} answer
     num_workers: int = 2
     timeout_s: float = 5.0
 
@@ -89,6 +90,11 @@ class AlgorithmConfig:
     kl_coef: float = 0.0  # k3 KL to a frozen reference; EasyR1 uses 1e-2
     dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and refill the batch
     max_refill_rounds: int = 3
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """Everything `build_loss(self.loss, **...)` takes from this section."""
+        extra = {"aggregation": self.aggregation} if self.aggregation is not None else {}
+        return {**self.loss_params, **extra, "kl_coef": self.kl_coef}
 
 
 @dataclass
@@ -164,8 +170,7 @@ class RunConfig:
         # The loss name and its parameters are validated by the loss table itself (one place).
         from mhpo_vl.losses import build_loss
 
-        build_loss(self.algorithm.loss, aggregation=self.algorithm.aggregation, kl_coef=self.algorithm.kl_coef,
-                   **self.algorithm.loss_params)
+        build_loss(self.algorithm.loss, **self.algorithm.loss_kwargs())
         return self
 
 

@@ -3,15 +3,16 @@ DeepSpeed ZeRO. The trainer talks only to `Runtime`; nothing else in the package
 
 Gradient arithmetic: the loss of each micro-batch is already normalised by GLOBAL counts (tokens or sequences of
 the whole minibatch across all ranks, see mhpo_vl.losses), so the gradient we want is the SUM over micro-batches
-and ranks. DDP and DeepSpeed average over ranks, and DeepSpeed also divides by its gradient-accumulation steps,
-so `backward` multiplies the loss by the factor that undoes exactly that.
+and ranks. Without DeepSpeed the model is not wrapped (the trainer calls its submodules directly for the
+memory-lean logprobs, which DDP's forward hooks would not see); gradients are summed over ranks with one
+all-reduce before clipping. DeepSpeed averages over ranks and divides by its accumulation steps, so `backward`
+multiplies the loss by the factor that undoes exactly that.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from contextlib import nullcontext
 from typing import Any, Iterable
 
 import torch
@@ -47,7 +48,7 @@ class Runtime:
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-        if self.uses_deepspeed or self.world_size > 1:
+        if self.uses_deepspeed:
             model, optimizer = self.accelerator.prepare(model, optimizer)
         else:
             model = model.to(self.device)
@@ -58,21 +59,14 @@ class Runtime:
         return self.accelerator.unwrap_model(self.model)
 
     # ---- one update = several micro-batches -----------------------------------------------------------------
-    def no_sync(self, last_micro: bool):
-        """DDP: skip the gradient all-reduce on all but the last micro-batch of an update."""
-        if self.world_size > 1 and not self.uses_deepspeed and not last_micro:
-            return self.model.no_sync()
-        return nullcontext()
-
     def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
-        scale = float(self.world_size)  # undo the rank average
         if self.uses_deepspeed:
-            scale *= self.micro_steps_per_update  # undo DeepSpeed's division by its accumulation steps
-            engine = self.model
-            engine.set_gradient_accumulation_boundary(last_micro)
-            engine.backward(loss * scale)
+            # undo DeepSpeed's average over ranks and its division by the accumulation steps
+            scale = float(self.world_size * self.micro_steps_per_update)
+            self.model.set_gradient_accumulation_boundary(last_micro)
+            self.model.backward(loss * scale)
         else:
-            (loss * scale).backward()
+            loss.backward()
 
     def step(self) -> tuple[float, bool]:
         """Clip, step, zero grads. Returns (grad norm before clipping, whether the update was applied).
@@ -84,12 +78,35 @@ class Runtime:
             norm = float(norm) if norm is not None else float("nan")
             return norm, math.isfinite(norm)
         params = [p for p in self.unwrapped().parameters() if p.requires_grad]
+        if self.world_size > 1:
+            self._sum_grads_over_ranks(params)
         norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
         applied = math.isfinite(norm)
         if applied:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm, applied
+
+    def discard_gradients(self) -> None:
+        if self.uses_deepspeed:
+            # Close DeepSpeed's accumulation window without stepping, then clear what it accumulated.
+            self.model.set_gradient_accumulation_boundary(True)
+            self.model.zero_grad()
+            self.model.optimizer.zero_grad()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _sum_grads_over_ranks(self, params: list[torch.nn.Parameter]) -> None:
+        for p in params:  # a parameter no micro-batch reached still takes part, with zeros
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
 
     # ---- collectives ----------------------------------------------------------------------------------------
     def all_reduce_sum(self, values: Iterable[float]) -> list[float]:

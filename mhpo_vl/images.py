@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +167,14 @@ def _open_lazy(image: Any, *, file: Any, row: Any, field: str | None):
     if isinstance(image, Image.Image):
         return image
     try:
-        if isinstance(image, (bytes, bytearray)):
-            return Image.open(io.BytesIO(bytes(image)))
-        return Image.open(os.fspath(image))
+        with warnings.catch_warnings():
+            # Our own pixel limit (checked right after) decides; PIL's warning band (89M-179M) would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if isinstance(image, (bytes, bytearray)):
+                return Image.open(io.BytesIO(bytes(image)))
+            return Image.open(os.fspath(image))
+    except Image.DecompressionBombError as exc:  # PIL refuses > 179M pixels before we see the size
+        raise DataError(f"image {_name(image)} is over the pixel limit: {exc}", file=file or _path_of(image), row=row, field=field) from exc
     except FileNotFoundError as exc:
         raise DataError(f"image file not found: {image}", file=file or image, row=row, field=field) from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

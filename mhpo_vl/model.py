@@ -110,10 +110,15 @@ def vision_token_ids(config_or_tokenizer: Any) -> list[int]:
 # ------------------------------------------------------------------ chunked log-probabilities
 
 
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _chunk_logits(hidden_CH, weight_VH, bias_V, temperature, suppressed_ids):
-    logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).float()
+    # Softmax in at least float32 (bf16 logits lose the small probabilities); float64 stays float64 for tests.
+    logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).to(_acc_dtype(hidden_CH))
     if temperature != 1.0:
-        logits_CV = logits_CV / temperature
+        logits_CV = logits_CV.div_(temperature)  # a fresh tensor (linear output), so in place is safe
     if suppressed_ids is not None:
         logits_CV[:, suppressed_ids] = _MASKED_LOGIT
     return logits_CV
@@ -122,24 +127,33 @@ def _chunk_logits(hidden_CH, weight_VH, bias_V, temperature, suppressed_ids):
 class _ChunkedLMHeadLogprobs(torch.autograd.Function):
     """logprob of ``targets`` (and entropy) under softmax(lm_head(hidden)/T), ``chunk_size`` rows at a time.
 
-    Backward recomputes each chunk's logits, so peak extra memory is O(chunk_size * V) instead of O(M * V).
+    Backward recomputes each chunk's logits, so peak extra memory is O(chunk_size * V) instead of O(M * V):
+    one [C, V] buffer (two with entropy), everything else in place.
     d logprob / d z = onehot(target) - p ;  d entropy / d z = -p * (log p + H) ;  z = logits / T.
     """
 
     @staticmethod
     def forward(ctx, hidden_MH, weight_VH, bias_V, targets_M, chunk_size, temperature, suppressed_ids, with_entropy):
         M = hidden_MH.shape[0]
-        logprobs_M = hidden_MH.new_empty(M, dtype=torch.float32)
-        entropy_M = hidden_MH.new_empty(M if with_entropy else 0, dtype=torch.float32)
+        logprobs_M = hidden_MH.new_empty(M, dtype=_acc_dtype(hidden_MH))
+        entropy_M = hidden_MH.new_empty(M if with_entropy else 0, dtype=_acc_dtype(hidden_MH))
         with torch.no_grad():
             for start in range(0, M, chunk_size):
                 stop = min(start + chunk_size, M)
                 z_CV = _chunk_logits(hidden_MH[start:stop], weight_VH, bias_V, temperature, suppressed_ids)
-                lse_C = torch.logsumexp(z_CV, dim=-1)
-                logprobs_M[start:stop] = z_CV.gather(1, targets_M[start:stop, None]).squeeze(1) - lse_C
+                target_z_C = z_CV.gather(1, targets_M[start:stop, None]).squeeze(1)
+                max_C1 = z_CV.amax(dim=-1, keepdim=True)
+                shifted_CV = z_CV.sub_(max_C1)  # z - max, in place
                 if with_entropy:
-                    p_CV = torch.softmax(z_CV, dim=-1)
-                    entropy_M[start:stop] = lse_C - (p_CV * z_CV).sum(-1)
+                    exp_CV = shifted_CV.exp()
+                    sum_C = exp_CV.sum(-1)
+                    # H = lse - sum_v p_v z_v = log(sum) - sum_v exp_v (z_v - max) / sum
+                    entropy_M[start:stop] = sum_C.log() - torch.linalg.vecdot(exp_CV, shifted_CV) / sum_C
+                    del exp_CV
+                else:
+                    sum_C = shifted_CV.exp_().sum(-1)
+                logprobs_M[start:stop] = target_z_C - max_C1.squeeze(1) - sum_C.log()
+                del z_CV, shifted_CV
         ctx.save_for_backward(hidden_MH, weight_VH, bias_V, targets_M)
         ctx.chunk_size, ctx.temperature, ctx.suppressed_ids, ctx.with_entropy = chunk_size, temperature, suppressed_ids, with_entropy
         if not with_entropy:
@@ -152,31 +166,44 @@ class _ChunkedLMHeadLogprobs(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden_MH) if need_h else None
         # Accumulate the weight grad in float32 across chunks even for bf16 weights.
-        grad_weight = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device) if need_w else None
-        grad_bias = torch.zeros(bias_V.shape, dtype=torch.float32, device=bias_V.device) if need_b else None
+        acc = _acc_dtype(weight_VH)
+        grad_weight = torch.zeros(weight_VH.shape, dtype=acc, device=weight_VH.device) if need_w else None
+        grad_bias = torch.zeros(bias_V.shape, dtype=acc, device=bias_V.device) if need_b else None
         use_entropy = ctx.with_entropy and grad_entropy_M is not None and grad_entropy_M.numel() > 0
         M = hidden_MH.shape[0]
         for start in range(0, M, ctx.chunk_size):
             stop = min(start + ctx.chunk_size, M)
             h_CH = hidden_MH[start:stop]
             z_CV = _chunk_logits(h_CH, weight_VH, bias_V, ctx.temperature, ctx.suppressed_ids)
-            logp_CV = torch.log_softmax(z_CV, dim=-1)
-            p_CV = logp_CV.exp()
-            # grad wrt z from the logprob term: g * (onehot - p)
-            grad_z_CV = p_CV * (-grad_logprobs_M[start:stop, None])
-            grad_z_CV.scatter_add_(1, targets_M[start:stop, None], grad_logprobs_M[start:stop, None])
+            g_C1 = grad_logprobs_M[start:stop, None].to(z_CV.dtype)
+            shifted_CV = z_CV.sub_(z_CV.amax(dim=-1, keepdim=True))
             if use_entropy:
-                entropy_C = -(p_CV * logp_CV).sum(-1, keepdim=True)
-                grad_z_CV -= grad_entropy_M[start:stop, None] * p_CV * (logp_CV + entropy_C)
+                logp_CV = shifted_CV.sub_(shifted_CV.logsumexp(dim=-1, keepdim=True))
+                p_CV = logp_CV.exp()
+                entropy_C1 = -torch.linalg.vecdot(p_CV, logp_CV)[:, None]
+                # d H / d z = -p * (log p + H), built in the log p buffer
+                ent_term_CV = logp_CV.add_(entropy_C1).mul_(p_CV).mul_(-grad_entropy_M[start:stop, None].to(p_CV.dtype))
+                grad_z_CV = p_CV.mul_(-g_C1).add_(ent_term_CV)
+                del ent_term_CV, logp_CV
+            else:
+                p_CV = shifted_CV.exp_()
+                p_CV.div_(p_CV.sum(-1, keepdim=True))
+                grad_z_CV = p_CV.mul_(-g_C1)
+            # d log p_target / d z = onehot(target) - p
+            grad_z_CV.scatter_add_(1, targets_M[start:stop, None], g_C1)
             if ctx.temperature != 1.0:
-                grad_z_CV /= ctx.temperature
+                grad_z_CV.div_(ctx.temperature)
+            if need_b:
+                grad_bias += grad_z_CV.sum(0).to(acc)
             grad_z_CV = grad_z_CV.to(weight_VH.dtype)
             if need_h:
-                grad_hidden[start:stop] = grad_z_CV @ weight_VH
+                torch.mm(grad_z_CV, weight_VH, out=grad_hidden[start:stop])
             if need_w:
-                grad_weight += (grad_z_CV.T @ h_CH).float()
-            if need_b:
-                grad_bias += grad_z_CV.float().sum(0)
+                if acc == weight_VH.dtype:
+                    grad_weight.addmm_(grad_z_CV.T, h_CH)  # in place: no [V, H] temporary per chunk
+                else:
+                    grad_weight += (grad_z_CV.T @ h_CH).to(acc)
+            del z_CV, shifted_CV, p_CV, grad_z_CV
         grad_weight = grad_weight.to(weight_VH.dtype) if need_w else None
         grad_bias = grad_bias.to(bias_V.dtype) if need_b else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
@@ -246,7 +273,8 @@ def per_token_logprobs(
     temperature: float = 1.0,
     suppressed_token_ids: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities [N, T] of ``batch.response_ids_NT`` (and entropies [N, T] if asked), float32.
+    """Log-probabilities [N, T] of ``batch.response_ids_NT`` (and entropies [N, T] if asked), float32 (float64
+    for a float64 model).
 
     Padded response positions (response_mask 0) hold 0. Gradients flow to the model when grad is enabled.
     ``suppressed_token_ids`` (e.g. ``vision_token_ids(tokenizer)``) are removed from the distribution, matching a

@@ -146,9 +146,9 @@ class Trainer:
         self.val_samples = self._load(cfg.data.val)
         self.order = PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
-        self.loss_fn = build_loss(cfg.algorithm.loss, aggregation=cfg.algorithm.aggregation,
-                                  kl_coef=cfg.algorithm.kl_coef, **cfg.algorithm.loss_params)
-        self.grader = Grader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s)
+        self.loss_fn = build_loss(cfg.algorithm.loss, **cfg.algorithm.loss_kwargs())
+        self.grader = Grader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
+                             require_think=cfg.reward.require_think)
         self.reward_fn = RewardFunction(self.grader, accuracy_weight=cfg.reward.accuracy_weight,
                                         format_weight=cfg.reward.format_weight)
         self.sampler = self._make_sampler(load_from)
@@ -190,7 +190,8 @@ class Trainer:
         return VLLMSampler(model_path, max_model_len=max_len, dtype=self.cfg.model.dtype,
                            seed=self.cfg.trainer.seed + 1000 * self.rt.rank,
                            gpu_memory_utilization=r.gpu_memory_utilization,
-                           enable_sleep_mode=r.enable_sleep_mode and self.rt.device.type == "cuda")
+                           enable_sleep_mode=r.enable_sleep_mode and self.rt.device.type == "cuda",
+                           enable_chunked_prefill=False)
 
     # ------------------------------------------------------------------------------------------- the step ----
     def train_sampling(self):
@@ -350,6 +351,7 @@ class Trainer:
         counts: dict[str, int] = {}
         maxes: dict[str, float] = {}
         grad_norms: list[float] = []
+        minibatch_losses: list[float] = []  # this rank's share; summed over ranks below
         skipped = 0
         self.model.train()
         for _epoch in range(t.ppo_epochs):
@@ -360,17 +362,15 @@ class Trainer:
                 tokens = sum(len(rollouts.completions[i].token_ids) for i in rows)
                 g_tokens, g_seqs = self.rt.all_reduce_sum([tokens, len(rows)])
                 finite = True
+                minibatch_loss = 0.0
                 for k, mrows in enumerate(micro):
                     last = k == len(micro) - 1
-                    with self.rt.no_sync(last):
-                        out = self._micro_loss(rollouts, mrows, g_tokens, g_seqs)
-                        loss_ok = bool(torch.isfinite(out.loss))
-                        if loss_ok:
-                            self.rt.backward(out.loss, last)
-                        else:
-                            finite = False
-                            if self.rt.uses_deepspeed and last:
-                                self.rt.backward(out.loss.detach() * 0, last)  # keep DeepSpeed's boundary count
+                    out = self._micro_loss(rollouts, mrows, g_tokens, g_seqs)
+                    minibatch_loss += float(out.loss)
+                    if bool(torch.isfinite(out.loss)):
+                        self.rt.backward(out.loss, last)
+                    else:
+                        finite = False
                     for name, value in out.metrics.items():
                         v = float(value)
                         if name.endswith("_max"):
@@ -380,6 +380,7 @@ class Trainer:
                         else:
                             sums[name] = sums.get(name, 0.0) + v
                             counts[name] = counts.get(name, 0) + 1
+                minibatch_losses.append(minibatch_loss)
                 norm, applied = self.rt.step() if finite else self._skip_update()
                 applied = applied and finite
                 grad_norms.append(norm)
@@ -395,6 +396,10 @@ class Trainer:
                             f"(limit trainer.max_consecutive_nonfinite={t.max_consecutive_nonfinite}); stopping at step "
                             f"{self.step_idx}. The latest checkpoint is {self.ckpt.latest()}.")
         metrics = {f"loss/{k}": v / counts[k] for k, v in sums.items()}
+        # The loss of each whole minibatch (all micro-batches, all ranks), averaged over the step's updates.
+        totals = self.rt.all_reduce_sum(minibatch_losses)
+        metrics["loss/total"] = float(np.mean(totals)) if totals else float("nan")
+        self.last_update_losses = totals
         metrics.update({f"loss/{k}": v for k, v in maxes.items()})
         finite_norms = [g for g in grad_norms if math.isfinite(g)]
         metrics["grad_norm"] = float(np.mean(finite_norms)) if finite_norms else float("nan")
@@ -404,9 +409,8 @@ class Trainer:
         return metrics
 
     def _skip_update(self) -> tuple[float, bool]:
-        if self.rt.uses_deepspeed:
-            return self.rt.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        """Drop the accumulated gradient of a minibatch that had a non-finite loss."""
+        self.rt.discard_gradients()
         return float("nan"), False
 
     def _micro_loss(self, rollouts: Rollouts, rows: list[int], g_tokens: float, g_seqs: float):

@@ -141,6 +141,24 @@ def load_dataset(
     return samples
 
 
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import user adapter modules (a ``.py`` path or a dotted module name) so their ``@register_dataset`` runs."""
+    import importlib
+    import importlib.util
+
+    for module in modules:
+        if module.endswith(".py"):
+            path = Path(module)
+            if not path.is_file():
+                raise ValueError(f"dataset plug-in file not found: {module}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            loaded = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = loaded
+            spec.loader.exec_module(loaded)
+        else:
+            importlib.import_module(module)
+
+
 def _report(name: str, source: str | None, samples: LoadedSamples) -> None:
     """Skipped rows and caveats go to stderr, always: a dataset never shrinks or changes silently."""
     if samples.skipped:

@@ -16,7 +16,17 @@ from typing import Any
 
 from . import dapo, grpo, gspo, mhpo, sapo
 from .aggregation import AGGREGATIONS
-from .base import LossInput, LossOutput, LossSpec, Param, TokenLoss, choice, nonnegative, optional_positive, validate_params
+from .base import (
+    LossInput,
+    LossOutput,
+    LossSpec,
+    Param,
+    TokenLoss,
+    choice,
+    nonnegative,
+    optional_positive,
+    validate_params,
+)
 from .policy_loss import PolicyLoss
 
 LOSSES: dict[str, LossSpec] = {

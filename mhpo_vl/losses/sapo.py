@@ -25,7 +25,7 @@ def soft_gate(ratio_NT: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor
 def token_loss(inp: LossInput, *, tau_pos: float, tau_neg: float) -> TokenLoss:
     advantages_NT = inp.advantages_NT
     ratio_NT = clamped_ratio(inp.log_ratio_NT)
-    tau_NT = torch.where(advantages_NT > 0, tau_pos, tau_neg).to(ratio_NT.dtype)
+    tau_NT = torch.where(advantages_NT > 0, ratio_NT.new_tensor(tau_pos), ratio_NT.new_tensor(tau_neg))
     loss_NT = -advantages_NT * soft_gate(ratio_NT, tau_NT)
     return TokenLoss(loss_NT, {})
 

@@ -1,0 +1,148 @@
+"""`mhpo-vl score --benchmark NAME --predictions IN.jsonl --out OUT.jsonl [--mode strict|official]`
+
+Scores existing model outputs with a benchmark's own rules (docs/scoring.md). Each input line is the benchmark's
+row, with its original fields, plus the raw model output in ``response`` (``--response-field`` to name another
+field, e.g. MathVerse's ``model_answer``). Each output line is the input row plus ``prediction`` and ``correct``
+(and ``extraction`` for MathVista rows extracted here, ``score_error`` for a row whose scoring timed out or failed:
+it counts as wrong). Lines are written as they are scored, so an interrupted run keeps every line already written.
+
+Every line is checked before any is scored: a line that is not JSON or lacks a field the benchmark needs stops the
+command with an error naming the line and field, unless ``--skip-bad-rows``, which scores the others and lists the
+skipped lines in the summary. Responses longer than 65,536 characters are cut to their last 65,536 before
+extraction (the final answer is at the end). The summary goes to stderr; exit code 0, or 2 for bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mhpo_vl.scoring import BENCHMARKS, MATHVISTA, MODES, score_row, validate_row
+
+SUMMARY_LIST_LIMIT = 20
+_BLANK = object()  # marks a blank line (not a row; counted in the summary)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="whose rules to apply")
+    parser.add_argument("--predictions", required=True, help="input JSONL: benchmark rows plus the model's response")
+    parser.add_argument("--out", required=True, help="output JSONL (overwritten)")
+    parser.add_argument("--mode", choices=MODES, default="strict",
+                        help="MathVista only: 'official' reproduces calculate_score exactly, including its "
+                             "nearest-choice fallback; 'strict' (default) drops that fallback. Other benchmarks "
+                             "have one rule set and ignore this")
+    parser.add_argument("--response-field", default="response", help="field holding the raw model output (default: response)")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="score the valid rows and list the bad ones instead of stopping at the first bad row")
+    parser.add_argument("--num-workers", type=int, default=2, help="scoring processes (default 2)")
+    parser.add_argument("--timeout-s", type=float, default=10.0,
+                        help="per-row time limit; a row over it is wrong with score_error set (default 10)")
+
+
+def _read_rows(path: Path):
+    """(line number, parsed object or None, JSON error or None) for each line; a blank line gives (n, _BLANK, None)."""
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                yield number, _BLANK, None
+                continue
+            try:
+                yield number, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+
+
+def _check_input(args: argparse.Namespace, path: Path) -> tuple[list[tuple[int, str]], int]:
+    """(bad lines with the reason, number of blank lines)."""
+    bad, blank = [], 0
+    for number, row, error in _read_rows(path):
+        if row is _BLANK:
+            blank += 1
+            continue
+        message = error or validate_row(args.benchmark, row, args.response_field)
+        if message:
+            bad.append((number, message))
+    return bad, blank
+
+
+def _score_task(benchmark: str, mode: str, row: dict, response: str) -> dict:
+    return score_row(benchmark, mode, row, response)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mhpo_vl.grading.extract import tail
+    from mhpo_vl.grading.pool import HardTimeoutPool
+
+    path, out_path = Path(args.predictions), Path(args.out)
+    if not path.is_file():
+        print(f"error: {path}: no such file", file=sys.stderr)
+        return 2
+    bad, blank_lines = _check_input(args, path)
+    if bad and not args.skip_bad_rows:
+        number, message = bad[0]
+        more = f" ({len(bad) - 1} more bad lines; --skip-bad-rows scores the rest)" if len(bad) > 1 else ""
+        print(f"error: {path} line {number}: {message}{more}", file=sys.stderr)
+        return 2
+    bad_lines = {number for number, _ in bad}
+
+    def tasks():
+        for number, row, _ in _read_rows(path):
+            if row is not _BLANK and number not in bad_lines:
+                response = row.get(args.response_field)
+                yield row, (args.benchmark, args.mode, {k: v for k, v in row.items() if k != args.response_field},
+                            tail(response) if isinstance(response, str) else response)
+
+    scored = correct = timeouts = failures = 0
+    failed_rows: list[str] = []
+    started = time.monotonic()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with HardTimeoutPool(args.num_workers, args.timeout_s, preload=["math_verify", "mhpo_vl.scoring"]) as pool, \
+            out_path.open("w", encoding="utf-8") as out:
+        batch: list[tuple[dict, tuple]] = []
+
+        def flush(batch: list[tuple[dict, tuple]]) -> None:
+            nonlocal scored, correct, timeouts, failures
+            for (row, _), result in zip(batch, pool.imap(_score_task, [task for _, task in batch])):
+                if result.error is None:
+                    row.update(result.value)
+                else:
+                    row.update({"prediction": None, "correct": False, "score_error": result.error})
+                    timeouts += result.timed_out
+                    failures += not result.timed_out
+                    if len(failed_rows) < SUMMARY_LIST_LIMIT:
+                        failed_rows.append(f"id {row.get('pid', row.get('id', '?'))}: {result.error}")
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.flush()
+                scored += 1
+                correct += bool(row["correct"])
+
+        for item in tasks():
+            batch.append(item)
+            if len(batch) >= 256:  # bounded memory: megabyte responses stream through
+                flush(batch)
+                batch = []
+        flush(batch)
+
+    summary = {
+        "benchmark": args.benchmark,
+        "mode": args.mode if args.benchmark == MATHVISTA else "n/a (one rule set)",
+        "scored": scored,
+        "correct": correct,
+        "accuracy": round(correct / scored, 6) if scored else None,
+        "timeouts": timeouts,
+        "errors": failures,
+        "bad_rows_skipped": len(bad),
+        "blank_lines": blank_lines,
+        "seconds": round(time.monotonic() - started, 2),
+        "out": str(out_path),
+    }
+    print(json.dumps(summary), file=sys.stderr)
+    for line in failed_rows:
+        print(f"  scoring failed, counted wrong: {line}", file=sys.stderr)
+    for number, message in bad[:SUMMARY_LIST_LIMIT]:
+        print(f"  skipped {path} line {number}: {message}", file=sys.stderr)
+    if len(bad) > SUMMARY_LIST_LIMIT:
+        print(f"  ... and {len(bad) - SUMMARY_LIST_LIMIT} more skipped lines", file=sys.stderr)
+    return 0

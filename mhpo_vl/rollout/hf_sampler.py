@@ -1,0 +1,107 @@
+"""Sampling with transformers ``generate`` on the policy itself: no second copy of the weights, no engine.
+
+Slow next to vLLM, but exact and dependency-free: for CPU tests, tiny models and debugging. Logprobs are
+``log_softmax`` of the processed scores (temperature, top-p, vision-token ban), the same distribution vLLM reports
+with ``logprobs_mode="processed_logprobs"``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from mhpo_vl.model import vision_token_ids
+from mhpo_vl.rollout.sampling import SamplingConfig
+from mhpo_vl.types import Completion, EncodedPrompt
+
+
+class HFSampler:
+    def __init__(self, model: torch.nn.Module, processor_or_tokenizer: Any):
+        self.model = model
+        self.processor = processor_or_tokenizer
+        self.tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+        self.banned_token_ids = vision_token_ids(self.tokenizer)
+        gen = getattr(model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos_token_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_token_ids)
+
+    def _inputs(self, prompt: EncodedPrompt, n: int) -> dict[str, Any]:
+        """One prompt repeated n times; visual inputs are concatenated per row, so they repeat n times too."""
+        device = next(self.model.parameters()).device
+        ids_1P = torch.tensor([prompt.prompt_token_ids], dtype=torch.long, device=device)
+        inputs: dict[str, Any] = {"input_ids": ids_1P.repeat(n, 1), "attention_mask": torch.ones_like(ids_1P).repeat(n, 1)}
+        for key, value in prompt.model_inputs.items():
+            inputs[key] = torch.cat([value.to(device)] * n) if torch.is_tensor(value) else value
+        config = self.model.config
+        if getattr(config, "image_token_id", None) is not None and prompt.model_inputs:
+            # Qwen2.5-VL needs the token types to build its M-RoPE positions (1 = image, 2 = video).
+            types = torch.zeros_like(inputs["input_ids"])
+            types[inputs["input_ids"] == config.image_token_id] = 1
+            types[inputs["input_ids"] == config.video_token_id] = 2
+            inputs["mm_token_type_ids"] = types
+        return inputs
+
+    @torch.no_grad()
+    def generate(self, prompts: list[EncodedPrompt], config: SamplingConfig) -> list[list[Completion]]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return [self._generate_one(p, config, i) for i, p in enumerate(prompts)]
+        finally:
+            self.model.train(was_training)
+
+    def _generate_one(self, prompt: EncodedPrompt, config: SamplingConfig, index: int) -> list[Completion]:
+        if config.stop:
+            # generate() pads a row that hit a stop string with tokens that were never sampled; not worth the care here.
+            raise ValueError("HFSampler does not support SamplingConfig.stop strings; use VLLMSampler or stop=None")
+        inputs = self._inputs(prompt, config.n)
+        P = inputs["input_ids"].shape[1]
+        seed = config.request_seed(index)
+        with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(
+                **inputs,
+                do_sample=True,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                top_k=0,
+                max_new_tokens=config.max_tokens,
+                suppress_tokens=self.banned_token_ids or None,
+                eos_token_id=sorted(self.eos_token_ids),
+                pad_token_id=self.pad_token_id,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        new_ids_nS = out.sequences[:, P:]
+        # scores[s] are the processed logits of step s (temperature, top-p and the ban applied).
+        logprobs_nS = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], dim=1)
+        token_logprobs_nS = logprobs_nS.gather(2, new_ids_nS[..., None]).squeeze(2)
+        completions = []
+        for row in range(config.n):
+            ids = new_ids_nS[row].tolist()
+            end = next((j + 1 for j, t in enumerate(ids) if t in self.eos_token_ids), None)
+            ids = ids[:end] if end is not None else ids  # after its EOS a row holds only padding
+            finish = "stop" if end is not None else "length"
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            completions.append(
+                Completion(
+                    text=text,
+                    token_ids=ids,
+                    sampler_logprobs=token_logprobs_nS[row, : len(ids)].tolist(),
+                    finish_reason=finish,
+                )
+            )
+        return completions
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Nothing to copy: the sampler runs the policy model itself."""
+        return 0
+
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass

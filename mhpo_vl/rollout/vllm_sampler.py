@@ -1,0 +1,206 @@
+"""A vLLM engine in the trainer's process: sample completions with logprobs, take new weights in place.
+
+Why these engine settings:
+- ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core runs in this process, so ``load_weights`` can hand it
+  tensors directly (a subprocess engine cannot receive tensors through ``collective_rpc``; it would need a
+  checkpoint on disk). On CPU it also cuts engine start-up from ~20 s to a few seconds.
+- ``logprobs_mode="processed_logprobs"``: reported logprobs are those of the distribution actually sampled from
+  (after temperature and the vision-token ban), which is what ``mhpo_vl.model.per_token_logprobs(...,
+  temperature=T, suppressed_token_ids=vision_token_ids(tok))`` computes. vLLM's default ``raw_logprobs`` would
+  ignore the temperature.
+- Prompts go in as TOKEN IDS (``EncodedPrompt.prompt_token_ids``, image pads already expanded) with the images as
+  ``multi_modal_data``: vLLM then keeps exactly the ids the trainer's forward pass sees, instead of re-rendering
+  text. ``generate`` checks that the ids vLLM used equal the given ones.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from mhpo_vl.rollout.sampling import SamplingConfig
+from mhpo_vl.types import Completion, EncodedPrompt
+
+# vLLM clamps logit_bias to [-100, 100]; exp(-100) ~ 4e-44 is 0 in float32 after softmax, i.e. a ban.
+_BAN_BIAS = -100.0
+_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def _on_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+def make_llm(
+    model_path: str | Path,
+    *,
+    max_model_len: int = 4096,
+    dtype: str = "auto",
+    seed: int = 0,
+    gpu_memory_utilization: float = 0.5,
+    enable_sleep_mode: bool = False,
+    limit_mm_per_prompt: dict[str, int] | None = None,
+    cpu_kv_cache_gib: float = 1.0,
+    enforce_eager: bool | None = None,
+    **engine_kwargs: Any,
+):
+    """Build an in-process ``vllm.LLM`` (see the module docstring for the settings and why)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    on_cpu = _on_cpu()
+    if on_cpu:
+        # Read when the CPU worker sizes its KV cache; the default would reserve many GiB.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cpu_kv_cache_gib))))  # vLLM parses an int (GiB)
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=str(model_path),
+        max_model_len=max_model_len,
+        dtype=("float32" if on_cpu else "bfloat16") if dtype == "auto" else dtype,
+        seed=seed,
+        logprobs_mode="processed_logprobs",
+        # torch.compile of the model takes ~30 s on a CPU at first start; eager is plenty for CPU tests.
+        enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+    )
+    if limit_mm_per_prompt is not None:
+        kwargs["limit_mm_per_prompt"] = limit_mm_per_prompt
+    if not on_cpu:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs["enable_sleep_mode"] = enable_sleep_mode
+    kwargs.update(engine_kwargs)
+    return LLM(**kwargs)
+
+
+class VLLMSampler:
+    """Samples K completions per EncodedPrompt with vLLM; takes new policy weights in place."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        max_model_len: int = 4096,
+        dtype: str = "auto",
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.5,
+        enable_sleep_mode: bool = False,
+        limit_mm_per_prompt: dict[str, int] | None = None,
+        cpu_kv_cache_gib: float = 1.0,
+        enforce_eager: bool | None = None,
+        **engine_kwargs: Any,
+    ):
+        start = time.perf_counter()
+        self.model_path = str(model_path)
+        self.llm = make_llm(
+            model_path,
+            max_model_len=max_model_len,
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_sleep_mode=enable_sleep_mode,
+            limit_mm_per_prompt=limit_mm_per_prompt,
+            cpu_kv_cache_gib=cpu_kv_cache_gib,
+            enforce_eager=enforce_eager,
+            **engine_kwargs,
+        )
+        self.init_seconds = time.perf_counter() - start
+        self.max_model_len = max_model_len
+        self.sleep_enabled = enable_sleep_mode and not _on_cpu()
+        self._asleep = False
+        tokenizer = self.llm.get_tokenizer()
+        self.tokenizer = tokenizer
+        unk = getattr(tokenizer, "unk_token_id", None)
+        ids = {tokenizer.convert_tokens_to_ids(t) for t in _VISION_TOKENS}
+        self.banned_token_ids = sorted(i for i in ids if isinstance(i, int) and i != unk)
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sampling_params(self, config: SamplingConfig, prompt_index: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=config.n,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=0,
+            max_tokens=config.max_tokens,
+            seed=config.request_seed(prompt_index),
+            stop=config.stop,
+            logprobs=0,  # the sampled token's logprob only
+            logit_bias={i: _BAN_BIAS for i in self.banned_token_ids} or None,
+            skip_special_tokens=True,
+        )
+
+    @staticmethod
+    def _request(prompt: EncodedPrompt) -> dict[str, Any]:
+        request: dict[str, Any] = {"prompt_token_ids": list(prompt.prompt_token_ids)}
+        if prompt.images:
+            request["multi_modal_data"] = {"image": list(prompt.images) if len(prompt.images) > 1 else prompt.images[0]}
+        return request
+
+    def generate(self, prompts: list[EncodedPrompt], config: SamplingConfig) -> list[list[Completion]]:
+        """``config.n`` completions for each prompt, in prompt order, with per-token sampler logprobs."""
+        if self._asleep:
+            raise RuntimeError("VLLMSampler.generate called while asleep; call wake_up() first")
+        for i, prompt in enumerate(prompts):
+            if len(prompt.prompt_token_ids) >= self.max_model_len:
+                raise ValueError(
+                    f"prompt {i} (sample {prompt.sample.source}/{prompt.sample.id}) has {len(prompt.prompt_token_ids)} "
+                    f"tokens, not less than max_model_len={self.max_model_len}; raise max_model_len or shorten the prompt"
+                )
+        requests = [self._request(p) for p in prompts]
+        params = [self._sampling_params(config, i) for i in range(len(prompts))]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        results = []
+        for i, (prompt, output) in enumerate(zip(prompts, outputs)):
+            if list(output.prompt_token_ids) != list(prompt.prompt_token_ids):
+                raise RuntimeError(
+                    f"prompt {i} (sample {prompt.sample.source}/{prompt.sample.id}): vLLM's prompt token ids differ from "
+                    f"the encoded prompt's ({len(output.prompt_token_ids)} vs {len(prompt.prompt_token_ids)} tokens); "
+                    "trainer and sampler would score different sequences"
+                )
+            results.append([self._completion(c) for c in output.outputs])
+        return results
+
+    @staticmethod
+    def _completion(c) -> Completion:
+        token_ids = list(c.token_ids)
+        if c.logprobs is None or len(c.logprobs) != len(token_ids):
+            raise RuntimeError(f"vLLM returned {0 if c.logprobs is None else len(c.logprobs)} logprobs for {len(token_ids)} tokens")
+        logprobs = [float(step[tok].logprob) for tok, step in zip(token_ids, c.logprobs)]
+        if c.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished a completion with reason {c.finish_reason!r} (expected 'stop' or 'length')")
+        return Completion(text=c.text, token_ids=token_ids, sampler_logprobs=logprobs, finish_reason=c.finish_reason)
+
+    # ------------------------------------------------------------------ weights and memory
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy new weights (HF checkpoint names, e.g. ``model.named_parameters()``) into the live engine.
+
+        A subset is fine (e.g. the LM weights only when the vision tower is frozen). Returns the tensors sent.
+        """
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+            raise RuntimeError(
+                "in-process weight sync needs VLLM_ENABLE_V1_MULTIPROCESSING=0 (set before the engine was built); "
+                "with a subprocess engine tensors cannot be sent"
+            )
+        weights = [(name, t.detach()) for name, t in named_tensors]
+        if not weights:
+            raise ValueError("load_weights got no tensors")
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # Cached prefixes, processed images and encoder outputs were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self.llm.reset_mm_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        return len(weights)
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory for the training phase (level 1: weights offloaded, KV cache dropped)."""
+        if self.sleep_enabled and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False

@@ -1,0 +1,65 @@
+"""Worker for tests/test_distributed.py: two RL updates on FIXED rollouts, on 1 process or under torchrun.
+
+Each rank takes its share of the same 4 prompts x 2 responses; rewards, advantages, old logprobs and the update
+run through the real Trainer (HF sampler so no vLLM engine is needed). Writes <out>/rank<r>.pt with the trainable
+weights after the updates and the minibatch losses (summed over ranks).
+"""
+import os
+import sys
+
+import torch
+
+
+def main(out_dir: str, model_dir: str, deepspeed: str) -> None:
+    from mhpo_vl.config import load_config
+    from mhpo_vl.trainer import Rollouts, Trainer
+    from mhpo_vl.types import Completion
+
+    overrides = [
+        f"model.name_or_path={model_dir}", "model.dtype=float32", "model.gradient_checkpointing=false",
+        "data.train={name: geosynth, split: train, options: {n: 8, seed: 0, difficulty: 1}}",
+        "data.val={name: geosynth, split: val, options: {n: 2, seed: 0, difficulty: 1}}",
+        "data.template=direct_boxed", "data.max_prompt_length=512", "data.min_pixels=null", "data.max_pixels=null",
+        "rollout.backend=hf", "rollout.n=2", "rollout.max_tokens=8",
+        "trainer.rollout_batch_size=4", "trainer.minibatch_size=4", "trainer.micro_batch_size=2",
+        "trainer.device=cpu", f"trainer.output_dir={out_dir}/run", "trainer.resume=false",
+        "optim.lr=1e-2", "optim.max_grad_norm=100.0", "reward.num_workers=1", "algorithm.loss=mhpo",
+    ]
+    if deepspeed != "none":
+        overrides.append(f"trainer.deepspeed={deepspeed}")
+    cfg = load_config(None, overrides)
+    trainer = Trainer(cfg)
+    rank, world = trainer.rt.rank, trainer.rt.world_size
+    samples = trainer.train_samples[:4]
+    tok = trainer.policy.tokenizer
+    losses = []
+    for update in range(2):
+        mine = samples[rank::world]
+        prompts = trainer.encoder.encode(mine)
+        rows_p, rows_c = [], []
+        for s, p in zip(mine, prompts):
+            for k in range(2):  # one right and one wrong answer per prompt, so advantages are +-1
+                answer = s.answer if k == 0 else str(int(s.answer) + 1 + update)
+                ids = tok.encode(f"\\boxed{{{answer}}}", add_special_tokens=False)
+                rows_p.append(p)
+                rows_c.append(Completion(text=f"\\boxed{{{answer}}}", token_ids=ids, sampler_logprobs=None,
+                                         finish_reason="stop"))
+        rollouts = Rollouts(rows_p, rows_c, 2)
+        trainer.score(rollouts)
+        trainer.compute_advantages(rollouts)
+        trainer.compute_old_logprobs(rollouts)
+        trainer.update(rollouts)
+        losses.extend(trainer.last_update_losses)
+    model = trainer.rt.unwrapped()
+    if trainer.rt.uses_deepspeed:
+        state = trainer.rt.full_state_dict()
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        weights = {n: t.detach().float().cpu() for n, t in state.items() if n in trainable}
+    else:
+        weights = {n: p.detach().float().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save({"weights": weights, "losses": losses, "world": world}, os.path.join(out_dir, f"rank{rank}.pt"))
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -1,0 +1,49 @@
+"""Two processes (gloo, CPU) vs one process on the same data: identical weights on both ranks, and the same
+weights and minibatch losses as the single process. Plain torch (gradients summed over ranks) and DeepSpeed ZeRO-2."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER = REPO / "tests" / "dist_worker.py"
+
+
+def _run(out: Path, model_dir: Path, deepspeed: str, nproc: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if nproc == 1:
+        cmd = [sys.executable, str(WORKER), str(out), str(model_dir), deepspeed]
+        env.pop("WORLD_SIZE", None)
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(29500 + os.getpid() % 1000), str(WORKER), str(out), str(model_dir), deepspeed]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deepspeed", ["none", "configs/deepspeed/zero2.json"])
+def test_two_ranks_match_each_other_and_the_single_process(tmp_path, tiny_vl_model_dir, deepspeed):
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir(), double.mkdir()
+    _run(single, tiny_vl_model_dir, "none", 1)
+    _run(double, tiny_vl_model_dir, deepspeed, 2)
+    one = torch.load(single / "rank0.pt")
+    r0, r1 = torch.load(double / "rank0.pt"), torch.load(double / "rank1.pt")
+    assert r0["world"] == r1["world"] == 2 and one["world"] == 1
+    assert r0["weights"].keys() == one["weights"].keys()
+    for name, w in r0["weights"].items():
+        assert torch.equal(w, r1["weights"][name]), f"ranks disagree on {name}"
+    moved = 0
+    for name, w in one["weights"].items():
+        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-4, atol=1e-5, msg=f"{name} differs from 1 process")
+    start = __import__("mhpo_vl.model", fromlist=["load_policy"]).load_policy(tiny_vl_model_dir, freeze_vision=True).model
+    for name, p in start.named_parameters():
+        if name in one["weights"] and not torch.equal(p.detach(), one["weights"][name]):
+            moved += 1
+    assert moved >= 0.9 * len(one["weights"])  # the updates really changed the weights
+    assert len(one["losses"]) == len(r0["losses"]) == 2
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-6)

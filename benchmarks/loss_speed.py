@@ -7,7 +7,9 @@ Each measurement is one ``build_loss(name)(logprobs, old, advantages, mask).loss
 default aggregation and all its metrics, on random inputs (log-ratios ~ N(0, 0.3^2), response lengths uniform in
 [T/4, T]). Timing: ``--rounds`` rounds, the losses in a rotated order each round so a noisy neighbour hits all of
 them alike, ``--repeats`` timed calls per loss per round after one warm-up; the table shows the median over all
-calls, and MHPO's time over GRPO's (median of the per-round ratios, with their min-max range).
+calls, and MHPO's time over GRPO's (median of the per-round ratios, with their min-max range), both in wall-clock
+time and in process CPU time (the latter is robust to other processes on a shared CPU; with 1 thread it is the
+cleanest comparison there is).
 
 Peak memory is the extra memory a call needs above its inputs (saved tensors, temporaries and the gradient of
 ``logprobs``): on CUDA from ``torch.cuda.max_memory_allocated``; on CPU from the process's peak RSS (VmHWM, reset
@@ -53,23 +55,26 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_losses(names, inputs, device: str, rounds: int, repeats: int) -> dict[str, list[list[float]]]:
-    """seconds[name][round] = list of per-call times."""
+def time_losses(names, inputs, device: str, rounds: int, repeats: int):
+    """wall[name][round] and cpu[name][round]: lists of per-call wall-clock and process CPU seconds."""
     fns = {name: build_loss(name) for name in names}
-    seconds = {name: [] for name in names}
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for round_index in range(rounds):
         order = names[round_index % len(names):] + names[: round_index % len(names)]
         for name in order:
             run_once(fns[name], inputs)  # warm-up
             _sync(device)
-            samples = []
+            wall_samples, cpu_samples = [], []
             for _ in range(repeats):
-                start = time.perf_counter()
+                start_wall, start_cpu = time.perf_counter(), time.process_time()
                 run_once(fns[name], inputs)
                 _sync(device)
-                samples.append(time.perf_counter() - start)
-            seconds[name].append(samples)
-    return seconds
+                wall_samples.append(time.perf_counter() - start_wall)
+                cpu_samples.append(time.process_time() - start_cpu)
+            wall[name].append(wall_samples)
+            cpu[name].append(cpu_samples)
+    return wall, cpu
 
 
 def _status_kib(field: str) -> int:
@@ -147,20 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         device_text = f"CPU ({os.cpu_count()} cores), torch.set_num_threads({args.threads})"
     lines = [
         f"Device: {device_text}; torch {torch.__version__}; rounds={args.rounds} x repeats={args.repeats}; "
-        "default aggregation and all metrics; forward+backward per call.",
+        "default aggregation and all metrics; forward+backward per call; "
+        f"load average at start {os.getloadavg()[0]:.1f}.",
         "",
-        "| N x T | dtype | " + " | ".join(f"{n} ms" for n in names) + " | MHPO/GRPO (range) | "
+        "| N x T | dtype | " + " | ".join(f"{n} ms" for n in names) + " | MHPO/GRPO wall (range) | MHPO/GRPO cpu | "
         + " | ".join(f"{n} MiB" for n in names) + " |",
-        "|" + "---|" * (3 + 2 * len(names)),
+        "|" + "---|" * (4 + 2 * len(names)),
     ]
     print("\n".join(lines), flush=True)
     for shape in args.shapes.split(","):
         rows, tokens = parse_shape(shape)
         for dtype in args.dtypes.split(","):
             inputs = make_inputs(rows, tokens, DTYPES[dtype], args.device)
-            seconds = time_losses(names, inputs, args.device, args.rounds, args.repeats)
-            medians = {n: statistics.median(t for r in seconds[n] for t in r) * 1e3 for n in names}
-            ratios = [statistics.median(m) / statistics.median(g) for m, g in zip(seconds["mhpo"], seconds["grpo"])]
+            wall, cpu = time_losses(names, inputs, args.device, args.rounds, args.repeats)
+            medians = {n: statistics.median(t for r in wall[n] for t in r) * 1e3 for n in names}
+            ratios = [statistics.median(m) / statistics.median(g) for m, g in zip(wall["mhpo"], wall["grpo"])]
+            cpu_ratios = [statistics.median(m) / statistics.median(g) for m, g in zip(cpu["mhpo"], cpu["grpo"])]
             if args.no_memory:
                 memory = {n: float("nan") for n in names}
             elif args.device == "cuda":
@@ -169,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                 memory = cpu_memory_in_worker(rows, tokens, dtype, names, args.threads)
             row = (
                 f"| {rows} x {tokens} | {dtype} | " + " | ".join(f"{medians[n]:.1f}" for n in names)
-                + f" | {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | "
+                + f" | {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                + f" | {statistics.median(cpu_ratios):.2f} | "
                 + " | ".join(f"{memory[n]:.0f}" for n in names) + " |"
             )
             lines.append(row)

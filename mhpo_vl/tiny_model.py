@@ -231,10 +231,10 @@ def build_tokenizer(vocab_target: int = 2048):
     return tokenizer
 
 
-def _padded_vocab_size(tokenizer) -> int:
-    # Round up like Qwen does (151,665 tokens in a 151,936/152,064-row embedding); unused rows are never sampled
-    # meaningfully but must exist for vLLM and HF to agree on V.
-    return ((len(tokenizer) + 127) // 128) * 128
+def _vocab_size(tokenizer) -> int:
+    # Exactly the tokenizer's size. Real Qwen pads its embedding (151,665 tokens in 152,064 rows) and its trained
+    # weights never pick the spare rows; random weights would, and those ids decode to nothing.
+    return len(tokenizer)
 
 
 def _write_provenance(out_dir: Path, kind: str, seed: int, sizes: TinySizes) -> None:
@@ -271,7 +271,7 @@ def build_tiny_vl_model(out_dir: str | Path, seed: int = 0, **size_overrides: An
 
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=_padded_vocab_size(tokenizer),
+            vocab_size=_vocab_size(tokenizer),
             hidden_size=sizes.hidden_size,
             intermediate_size=sizes.intermediate_size,
             num_hidden_layers=sizes.num_hidden_layers,
@@ -340,7 +340,7 @@ def build_tiny_text_model(out_dir: str | Path, seed: int = 0, **size_overrides: 
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
-        vocab_size=_padded_vocab_size(tokenizer),
+        vocab_size=_vocab_size(tokenizer),
         hidden_size=sizes.hidden_size,
         intermediate_size=sizes.intermediate_size,
         num_hidden_layers=sizes.num_hidden_layers,

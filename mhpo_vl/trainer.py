@@ -298,10 +298,15 @@ class Trainer:
         return batch.to(self.rt.device)
 
     def _logprobs(self, model, batch, *, with_entropy: bool = False):
-        from mhpo_vl.model import per_token_logprobs
+        """Logprobs of the distribution the sampler drew from: temperature applied and the vision tokens banned,
+        as vLLM's processed logprobs are, so on-policy ratios are 1 up to float error."""
+        from mhpo_vl.model import per_token_logprobs, vision_token_ids
 
+        if not hasattr(self, "_banned_ids"):
+            self._banned_ids = vision_token_ids(self.policy.tokenizer)
         return per_token_logprobs(model, batch, chunk_size=self.cfg.trainer.logprob_chunk_size,
-                                  with_entropy=with_entropy, temperature=self.cfg.rollout.temperature)
+                                  with_entropy=with_entropy, temperature=self.cfg.rollout.temperature,
+                                  suppressed_token_ids=self._banned_ids)
 
     @torch.no_grad()
     def compute_old_logprobs(self, rollouts: Rollouts) -> None:

@@ -50,7 +50,7 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     optimizer.zero_grad(set_to_none=True)
     return {"warmstart_steps": cfg.steps, "warmstart_final_loss": losses[-1] if losses else None,
             "warmstart_seconds": time.perf_counter() - start}

@@ -68,6 +68,8 @@ def test_geometry3k_hf_saved_copies(fixtures_dir, tmp_path):
         # No choices in the hub schema: answers are typed by their text ("5 \sqrt { 3 }" is an expression).
         assert samples[0].answer_type == "integer" and samples[4].answer_type == "expression"
         assert samples[0].id == "train-0"
+    everything = load_dataset("geometry3k", str(tmp_path / "saved"))  # no split: every split of the saved dict
+    assert len(everything) == 10 and {s.split for s in everything} == {"train"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -213,13 +213,22 @@ def check_images(plans: list[BenchmarkPlan], model_is_vision: bool, no_images: b
                              f"(e.g. {', '.join(missing[:5])}); choose problems with --ids, or pass --no-images")
 
 
+def pixel_budget(args: argparse.Namespace) -> tuple[int, int]:
+    """(min_pixels, max_pixels): the flags, else the training defaults, so a model sees images as it was trained."""
+    from mhpo_vl.config import DataConfig
+
+    defaults = DataConfig()
+    return (args.min_pixels if args.min_pixels is not None else defaults.min_pixels,
+            args.max_pixels if args.max_pixels is not None else defaults.max_pixels)
+
+
 def run_settings(plan: BenchmarkPlan, args: argparse.Namespace, model: str, use_images: bool) -> dict[str, Any]:
     """What the samples in one responses file depend on: a rerun must match it to resume."""
     return {
         "model": model, "benchmark": plan.name, "dataset": plan.benchmark.dataset, "source": plan.source,
         "split": plan.split, "template": plan.template, "options": plan.options, "n": args.n,
         "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed,
-        "dtype": args.dtype, "use_images": use_images, "min_pixels": args.min_pixels, "max_pixels": args.max_pixels,
+        "dtype": args.dtype, "use_images": use_images, "pixels": list(pixel_budget(args)) if use_images else None,
         "system_prompt": args.system_prompt,
     }
 
@@ -372,8 +381,7 @@ def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision
     from tqdm import tqdm
 
     from mhpo_vl.collate import PromptEncoder
-    from mhpo_vl.config import DataConfig
-    from mhpo_vl.evaluate import RESPONSES_FILE, ProblemResult, ResponsesFile
+    from mhpo_vl.evaluate import RESPONSES_FILE, ResponsesFile
     from mhpo_vl.grading import Grader
     from mhpo_vl.prompts import get_template
     from mhpo_vl.rollout.sampling import SamplingConfig
@@ -383,7 +391,7 @@ def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision
     if processor is None:
         processor = load_processor(model, is_vision)
     timing = {"engine_start": time.perf_counter() - started}
-    defaults = DataConfig()
+    min_pixels, max_pixels = pixel_budget(args)
     try:
         with Grader(num_workers=args.grader_workers, timeout_s=args.grader_timeout) as grader:
             for plan in plans:
@@ -394,8 +402,7 @@ def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision
                 template = get_template(plan.template)
                 encoder = PromptEncoder(
                     processor, template, max_prompt_length=args.max_prompt_length, use_images=use_images,
-                    min_pixels=args.min_pixels if args.min_pixels is not None else defaults.min_pixels,
-                    max_pixels=args.max_pixels if args.max_pixels is not None else defaults.max_pixels,
+                    min_pixels=min_pixels, max_pixels=max_pixels,
                     system_prompt=args.system_prompt, drop_images=args.no_images,
                 )
                 file = ResponsesFile(out / plan.name / RESPONSES_FILE)
@@ -405,7 +412,8 @@ def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision
                     batch = pending[start : start + args.batch_size]
                     prompts = encoder.encode(batch)
                     # The samplers seed prompt i of a call with seed + i*n: starting each call at the dataset position
-                    # of its first problem gives the problem at position d the seed seed + d*n whatever the batching,
+                    # of its first problem gives the problem at position d the seed seed + d*n whatever the batching
+                    # when the pending problems are consecutive (a whole benchmark, a --limit prefix, a resumed tail),
                     # so a resumed run draws what the uninterrupted one would have (on a batch-invariant engine).
                     first = plan.dataset_index[batch[0].id]
                     config = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
@@ -416,18 +424,7 @@ def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision
                                            f"{len(batch)} prompts, expected {args.n} each")
                     flat_samples = [s for s, g in zip(batch, groups) for _ in g]
                     verdicts = grader.grade(flat_samples, [c.text for g in groups for c in g])
-                    results = []
-                    for i, (sample, group) in enumerate(zip(batch, groups)):
-                        mine = verdicts[i * args.n : (i + 1) * args.n]
-                        results.append(ProblemResult(
-                            id=sample.id, question=sample.question, answer=sample.answer,
-                            answer_type=sample.answer_type, choices=sample.choices, prompt=template.render(sample),
-                            responses=[c.text for c in group], finish_reasons=[c.finish_reason for c in group],
-                            num_tokens=[len(c.token_ids) for c in group], predictions=[v.prediction for v in mine],
-                            correct=[bool(v.correct) for v in mine], format_ok=[bool(v.format_ok) for v in mine],
-                            timed_out=[bool(v.timed_out) for v in mine], errors=[v.error for v in mine],
-                            metadata=sample.metadata,
-                        ))
+                    results = problem_results(batch, groups, verdicts, template)
                     file.append(results)  # on disk before the next batch starts
                     for result in results:
                         done[plan.name][result.id] = result
@@ -437,6 +434,25 @@ def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision
     finally:
         close_sampler(sampler)
     return timing
+
+
+def problem_results(batch, groups, verdicts, template) -> list:
+    """One ProblemResult per sample from its completions and their verdicts (flat, in group order)."""
+    from mhpo_vl.evaluate import ProblemResult
+
+    results, start = [], 0
+    for sample, group in zip(batch, groups):
+        mine = verdicts[start : start + len(group)]
+        start += len(group)
+        results.append(ProblemResult(
+            id=sample.id, question=sample.question, answer=sample.answer, answer_type=sample.answer_type,
+            choices=sample.choices, prompt=template.render(sample),
+            responses=[c.text for c in group], finish_reasons=[c.finish_reason for c in group],
+            num_tokens=[len(c.token_ids) for c in group], predictions=[v.prediction for v in mine],
+            correct=[bool(v.correct) for v in mine], format_ok=[bool(v.format_ok) for v in mine],
+            timed_out=[bool(v.timed_out) for v in mine], errors=[v.error for v in mine], metadata=sample.metadata,
+        ))
+    return results
 
 
 def _write_atomic(path: Path, text: str) -> None:

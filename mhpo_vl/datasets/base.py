@@ -260,13 +260,14 @@ def read_table(source: str, *, split: str | None, hub_name: str | None = None, h
             raise DataError("not a parquet/arrow file or a folder saved by `datasets`", file=path)
         label = str(path)
     if isinstance(table, datasets.DatasetDict):
-        if split is None and len(table) == 1:
-            split = next(iter(table))
-        if split not in table:
+        if split is not None and split not in table:
             raise DataError(f"split {split!r} not found; the dataset has splits {sorted(table)}", file=label)
-        table = table[split]
-    for index, fields in enumerate(table):
-        yield Record(dict(fields), label, index, root, split)
+        parts = [(split, table[split])] if split is not None else list(table.items())  # no split: all of them
+    else:
+        parts = [(split, table)]
+    for part_split, part in parts:
+        for index, fields in enumerate(part):
+            yield Record(dict(fields), label if len(parts) == 1 else f"{label}[{part_split}]", index, root, part_split)
 
 
 def is_table_source(source: str | None) -> bool:

@@ -12,9 +12,9 @@ Difficulty picks the problem kinds and number ranges:
   3  + exterior angle, quadrilateral angle sum, square area from perimeter; lengths up to 40
 
 Splits are disjoint by construction: each question text hashes to a bucket, 80% train, 10% val, 10% test, and a
-split only keeps problems of its buckets (so no question appears in two splits). Within a split problems are drawn i.i.d. (kind
-uniformly, then its numbers), so an easy difficulty with many samples repeats problems (as epochs would);
-``generate(n)`` is a prefix of ``generate(n + k)`` for the same seed.
+split only keeps problems of its buckets, so no question appears in two splits (at any seed or difficulty). Within a
+split, problems are drawn i.i.d. (a kind uniformly, then its numbers), so an easy difficulty with many samples repeats
+problems, as epochs would; ``generate(n)`` is a prefix of ``generate(n + k)`` for the same seed.
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ Questions keep their ``<image1>`` placeholders, as the official prompt does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from mhpo_vl.datasets.base import (

@@ -4,7 +4,8 @@
 2. both plain numbers (integers, decimals, a/b, \\frac{a}{b}): compared as numbers, rounded to the sample's precision
    when it has one (Python's round, as MathVista's scorer does), else with a 1e-6 relative tolerance,
 3. word answers ("Evelyn", "east"): case-insensitive string equality only. math-verify would read "Evelyn" as the
-   product E*v*e*l*y*n and call "Evenly" equal to it,
+   product E*v*e*l*y*n and call "Evenly" equal to it; numbers in a base ("52_8"): same digits and same base
+   (math-verify drops the subscript, so 52_8 would equal 52_13),
 4. everything else: math-verify ``verify(gold, pred)`` (gold first: it is not symmetric) on both answers wrapped in
    ``\\boxed{}``, with a numeric check against the precision when the sample has one.
 
@@ -25,6 +26,7 @@ _PLAIN_NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
 _SLASH_FRACTION = re.compile(r"^([-+]?\d+)/(\d+)$")
 _LATEX_FRACTION = re.compile(r"^([-+]?)\\frac\{?([-+]?\d+)\}?\{?(\d+)\}?$")
 _WORDS = re.compile(r"^[A-Za-z][A-Za-z' -]*[A-Za-z]$")
+_BASE_NUMBER = re.compile(r"^([0-9A-Za-z]+)_\{?(\d+)\}?$")
 
 _LOGGING_QUIETED = False
 
@@ -91,7 +93,8 @@ def numeric_value(answer: str) -> float | None:
 
 
 def is_word_answer(normalized: str) -> bool:
-    return bool(_WORDS.match(normalized)) and len(normalized.replace(" ", "")) > 1
+    """"Evelyn", "No", "well-known": letters only, with at least one run of two (so "p-q" is algebra, not a word)."""
+    return bool(_WORDS.match(normalized)) and re.search(r"[A-Za-z]{2}", normalized) is not None
 
 
 def answers_equivalent(gold: str, pred: str, answer_type: str = "expression", precision: int | None = None) -> bool:
@@ -101,6 +104,12 @@ def answers_equivalent(gold: str, pred: str, answer_type: str = "expression", pr
         return False
     if norm_gold == norm_pred:
         return True
+    gold_base = _BASE_NUMBER.match(norm_gold)
+    if gold_base:
+        # "52_8": math-verify drops the subscript (52_8 == 52_13 == 52); the digits and the base must both match.
+        pred_base = _BASE_NUMBER.match(norm_pred)
+        return pred_base is not None and (pred_base.group(1).upper(), int(pred_base.group(2))) == (
+            gold_base.group(1).upper(), int(gold_base.group(2)))
     if is_word_answer(norm_gold) or answer_type == "text" and not any(ch.isdigit() for ch in norm_gold):
         return norm_gold.lower() == norm_pred.lower()
     gold_number, pred_number = plain_number(norm_gold), plain_number(norm_pred)

@@ -4,7 +4,8 @@ Order of conventions, first hit wins:
   1. the last COMPLETE ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces balanced; ``\\boxed 5`` also accepted),
   2. an explicit answer phrase, last occurrence: "final answer is X", "the answer is X", "Answer: X",
      "correct option is X" (what MathVista / MathVerse / MathVision prompts ask for when they do not ask for a box),
-  3. only when the caller says the answer is a choice letter: a last line that is just a letter ("C", "(C)", "C."),
+  3. only when the caller says the answer is a choice letter: a last line that names a letter ("C", "(C)", "C.",
+     "C: 120°"),
   4. only when the caller says the answer is a number: the last number in the response (MathVista and MathVerse ask for
      "the final value ... at the end" without a box).
 Anything else gives None: the grader then scores the response as wrong, never guesses.
@@ -25,7 +26,6 @@ _ANSWER_PHRASE = re.compile(r"\b(?:answer|correct\s+(?:option|choice))\s*(?:is\s
 # A sentence ends at a newline, or at a period/semicolon followed by whitespace (a decimal point is not followed by one).
 _SENTENCE_END = re.compile(r"\n|[.;!?](?=\s|$)")
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
-_LONE_LETTER = re.compile(r"^\s*(?:\*\*)?\(?([A-Z])\)?[.:]?(?:\*\*)?\s*$")
 
 
 def tail(text: str, limit: int = MAX_RESPONSE_CHARS) -> str:
@@ -99,11 +99,11 @@ def answer_after_phrase(text: str) -> str | None:
 
 
 def last_line_letter(text: str) -> str | None:
+    """The letter a final line names on its own: "C", "(C)", "C.", "**C**", "C: 120°", "(C) 120°", "Option C"."""
+    from mhpo_vl.grading.choices import letter_of
+
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return None
-    m = _LONE_LETTER.match(lines[-1])
-    return m.group(1) if m else None
+    return letter_of(lines[-1]) if lines else None
 
 
 def last_number(text: str) -> str | None:

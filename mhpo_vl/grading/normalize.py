@@ -62,10 +62,10 @@ def strip_math_delimiters(text: str) -> str:
 
 def clean_answer(answer: str) -> str:
     """The answer without its surface decorations, spaces kept (LaTeX needs them: "\\cot x" is not "\\cotx")."""
-    s = strip_math_delimiters(str(answer))
+    s = strip_math_delimiters(str(answer).replace("\\$", ""))
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = s.replace("\\left", "").replace("\\right", "")
-    s = s.replace("\\$", "").replace("\\%", "").replace("%", "")
+    s = s.replace("\\%", "").replace("%", "")
     s = _SPACING.sub(" ", s)
     s = unwrap_commands(s)
     s = _DEGREES.sub("", s)

@@ -8,9 +8,10 @@ Why these engine settings:
   (after temperature and the vision-token ban), which is what ``mhpo_vl.model.per_token_logprobs(...,
   temperature=T, suppressed_token_ids=vision_token_ids(tok))`` computes. vLLM's default ``raw_logprobs`` would
   ignore the temperature.
-- Prompts go in as TOKEN IDS (``EncodedPrompt.prompt_token_ids``, image pads already expanded) with the images as
-  ``multi_modal_data``: vLLM then keeps exactly the ids the trainer's forward pass sees, instead of re-rendering
-  text. ``generate`` checks that the ids vLLM used equal the given ones.
+- Prompts go in as TOKEN IDS (``EncodedPrompt.prompt_token_ids`` with each run of image pads collapsed back to one
+  ``<|image_pad|>``, which vLLM 0.32 expands itself; given expanded runs it expands them again) with the images
+  as ``multi_modal_data``: no re-tokenisation of text. ``generate`` checks that the ids vLLM ends up with equal
+  ``prompt_token_ids``, the ids the trainer's forward pass sees.
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ class VLLMSampler:
         unk = getattr(tokenizer, "unk_token_id", None)
         ids = {tokenizer.convert_tokens_to_ids(t) for t in _VISION_TOKENS}
         self.banned_token_ids = sorted(i for i in ids if isinstance(i, int) and i != unk)
+        self.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
     # ------------------------------------------------------------------ sampling
 
@@ -131,9 +133,13 @@ class VLLMSampler:
             skip_special_tokens=True,
         )
 
-    @staticmethod
-    def _request(prompt: EncodedPrompt) -> dict[str, Any]:
-        request: dict[str, Any] = {"prompt_token_ids": list(prompt.prompt_token_ids)}
+    def _request(self, prompt: EncodedPrompt) -> dict[str, Any]:
+        ids = list(prompt.prompt_token_ids)
+        if prompt.images:
+            # vLLM expands each <|image_pad|> itself (it would expand an already expanded run again), so each run
+            # of pads goes back to one pad; generate() checks that vLLM's expansion gives back the same ids.
+            ids = [t for j, t in enumerate(ids) if not (t == self.image_token_id and j > 0 and ids[j - 1] == t)]
+        request: dict[str, Any] = {"prompt_token_ids": ids}
         if prompt.images:
             request["multi_modal_data"] = {"image": list(prompt.images) if len(prompt.images) > 1 else prompt.images[0]}
         return request
@@ -159,7 +165,15 @@ class VLLMSampler:
                     f"the encoded prompt's ({len(output.prompt_token_ids)} vs {len(prompt.prompt_token_ids)} tokens); "
                     "trainer and sampler would score different sequences"
                 )
-            results.append([self._completion(c) for c in output.outputs])
+            completions = [self._completion(c) for c in output.outputs]
+            for c in completions:
+                leaked = set(c.token_ids) & set(self.banned_token_ids)
+                if leaked:  # a bias of -100 is a ban unless a logit exceeds ~100; say so rather than fail later
+                    raise RuntimeError(
+                        f"prompt {i} (sample {prompt.sample.source}/{prompt.sample.id}): vLLM generated banned vision "
+                        f"token id(s) {sorted(leaked)} despite logit_bias {_BAN_BIAS}"
+                    )
+            results.append(completions)
         return results
 
     @staticmethod

@@ -17,6 +17,7 @@ docs/scoring.md and tests/test_scoring_mathvision.py.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -41,6 +42,7 @@ _STRIP_CLEANUPS = (
 _LETTER_CLEANUPS = tuple((f"({c})", c) for c in "abcde") + tuple((f"{{{c}}}", c) for c in "abcde")
 _BOXED_GREEDY = re.compile("oxed{(.*)}", flags=re.S)
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+_BARE_DECIMAL_POINT = re.compile(r"(\d)\.(?!\d)")
 
 
 def is_number(text: str) -> bool:
@@ -160,16 +162,58 @@ def official_model_answer(response: str) -> str:
     return answer.rstrip(".").lstrip(":").strip()
 
 
+@functools.lru_cache(maxsize=1)
+def _old_style_parser_class():
+    """latex2sympy2_extended's converter, adjusted to read like the old latex2sympy2 the official code uses.
+
+    The new parser reads an integer followed by a rational as a mixed number ("1\\frac{1}{2}" = 3/2, and even
+    "3\\sqrt{4}" = 3 + 2) whatever its config says; the old one multiplies. Its internals are pinned by
+    math-verify's exact pin of latex2sympy2_extended; tests/test_scoring_mathvision.py would catch a change.
+    """
+    import sympy
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, _Latex2Sympy
+
+    class OldStyleProducts(_Latex2Sympy):
+        def convert_postfix_list(self, arr, i=0):
+            if i >= len(arr) - 1:
+                return super().convert_postfix_list(arr, i)
+            res = self.convert_postfix(arr[i])
+            if not isinstance(res, (sympy.Expr, sympy.MatrixBase)):
+                return super().convert_postfix_list(arr, i)  # derivatives and the like: unchanged
+            rh = self.convert_postfix_list(arr, i + 1)
+            if getattr(res, "is_Matrix", False) or getattr(rh, "is_Matrix", False):
+                return self.mat_mul_flat(res, rh)
+            return self.mul_flat(res, rh)
+
+    return OldStyleProducts, ConversionConfig(interpret_as_mixed_fractions=False, lowercase_symbols=False)
+
+
 def latex_value(text: str) -> Any:
     """``eval(str(latex2sympy(text)))`` of the official code, with the safe evaluator. Raises where it would."""
-    import sympy
-    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
+    value, error = _cached_latex_value(text)
+    if error is not None:
+        raise ValueError(error)
+    return value
 
-    expr = latex2sympy(
-        _UNESCAPED_DOLLAR.sub("", text),  # the old grammar skips math-mode dollars anywhere; this parser does not
-        normalization_config=None,
-        conversion_config=ConversionConfig(interpret_as_mixed_fractions=False, lowercase_symbols=False),
-    )
+
+@functools.lru_cache(maxsize=8192)
+def _cached_latex_value(text: str) -> tuple[Any, str | None]:
+    # ANTLR parsing costs ~10 ms; the same gold answers and common predictions come back again and again.
+    try:
+        return _latex_value(text), None
+    except Exception as exc:  # kept as the error message: every caller treats any failure as "not equal"
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _latex_value(text: str) -> Any:
+    import sympy
+
+    if "\\circ" in text:
+        raise ValueError("the old latex2sympy2 cannot parse \\circ")  # the new one drops it: "120^\\circ" = 120
+    text = _UNESCAPED_DOLLAR.sub("", text)  # the old grammar skips math-mode dollars anywhere; this parser does not
+    text = _BARE_DECIMAL_POINT.sub(r"\1", text)  # "3." is 3 to the old grammar, an error to the new one
+    parser_class, config = _old_style_parser_class()
+    expr = parser_class(None, None, False, config=config).parse(text)
     if isinstance(expr, sympy.Basic) and expr.has(sympy.Float):
         # The old parser reads "4.8" as Rational(24, 5), not Float: same value, but str() and arithmetic differ.
         expr = expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})

@@ -1,0 +1,122 @@
+"""End-to-end RL runs on the tiny Qwen2.5-VL: vLLM rollouts, MHPO updates, weight sync, checkpoints, metrics,
+frozen vision tower, kill-and-resume. Slow (vLLM engines on CPU)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mhpo_vl.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def small_overrides(model_dir, out_dir, **extra):
+    base = {
+        "model.name_or_path": str(model_dir), "model.dtype": "float32", "model.gradient_checkpointing": "false",
+        "data.train": "{name: geosynth, split: train, options: {n: 64, seed: 0, difficulty: 0}}",
+        "data.val": "{name: geosynth, split: val, options: {n: 8, seed: 0, difficulty: 0}}",
+        "data.template": "direct_boxed", "data.max_prompt_length": "256",
+        "data.min_pixels": "null", "data.max_pixels": "null",
+        "rollout.n": "4", "rollout.max_tokens": "6", "rollout.top_p": "1.0", "rollout.val_n": "2",
+        "rollout.val_temperature": "1.0",
+        "reward.require_think": "false", "reward.num_workers": "1",
+        "optim.lr": "1e-3", "trainer.rollout_batch_size": "4", "trainer.minibatch_size": "2",
+        "trainer.micro_batch_size": "4", "trainer.total_steps": "4", "trainer.val_every": "2",
+        "trainer.save_every": "2", "trainer.device": "cpu", "trainer.num_threads": "1",
+        "trainer.output_dir": str(out_dir),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.mark.slow
+def test_rl_steps_freeze_vision_update_lm_and_write_run_files(tmp_path, tiny_vl_model_dir):
+    from mhpo_vl.trainer import Trainer
+
+    cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{"trainer.total_steps": "2"}))
+    trainer = Trainer(cfg)
+    model = trainer.rt.unwrapped()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    vision = {n for n in before if ".visual." in f".{n}"}
+    assert vision and all(not p.requires_grad for n, p in model.named_parameters() if n in vision)
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert optimised == {id(p) for n, p in model.named_parameters() if n not in vision}  # only the LM is optimised
+    summary = trainer.fit()
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in vision), "a vision-tower parameter changed"
+    lm_changed = [n for n in before if n not in vision and not torch.equal(before[n], after[n])]
+    assert len(lm_changed) == len(before) - len(vision), "some LM parameter never changed"
+
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step_rows = [r for r in rows if "reward/mean" in r]
+    assert [r["step"] for r in step_rows] == [1, 2]
+    for key in ("reward/mean", "reward/accuracy", "reward/format_rate", "response/length_mean", "response/entropy",
+                "grad_norm", "loss/survival_weight_mean", "loss/grad_multiplier_mean", "loss/grad_multiplier_max",
+                "timing/rollout_s", "timing/update_s", "throughput/tokens_per_s", "val/accuracy"):
+        assert key in step_rows[-1], key
+    assert 0 < step_rows[-1]["loss/survival_weight_mean"] <= 1
+    assert step_rows[-1]["loss/grad_multiplier_max"] <= 1.7550000000000001  # exp(c^2/4) at c = 1.5
+    for key in ("val_accuracy_initial", "val_accuracy_final", "val_accuracy_best", "steps", "wall_seconds"):
+        assert key in summary
+    assert summary["steps"] == 2
+    assert (tmp_path / "run" / "config.yaml").exists() and list((tmp_path / "run" / "tensorboard").iterdir())
+    # The checkpoint is a Hugging Face folder transformers loads, with the trained weights.
+    from transformers import AutoModelForImageTextToText
+
+    ckpt = Path(trainer.ckpt.latest())
+    reloaded = AutoModelForImageTextToText.from_pretrained(ckpt)
+    for n, p in reloaded.named_parameters():
+        assert torch.equal(p, after[n].detach()), n
+
+
+def _metrics(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path, tiny_vl_model_dir):
+    """Run A trains 4 steps uninterrupted. Run B is SIGKILLed after its step-2 checkpoint, then the same command
+    resumes it: steps 3-4 of B must equal A's (rewards exactly; losses to float tolerance)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+
+    def command(out):
+        return [sys.executable, "-m", "mhpo_vl.cli", "train", "--config", str(config),
+                *small_overrides(tiny_vl_model_dir, out)]
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    done = subprocess.run(command(a), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-5000:]
+    proc = subprocess.Popen(command(b), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = b / "checkpoints" / "index.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if index.exists() and json.loads(index.read_text()).get("latest") == "step_000002":
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "run B finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_rows = _metrics(b)
+    assert max(r["step"] for r in killed_rows) in (2, 3)
+    resumed = subprocess.run(command(b), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    rows_a = [r for r in _metrics(a) if "reward/mean" in r]
+    rows_b = [r for r in _metrics(b) if "reward/mean" in r]
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ("reward/mean", "reward/accuracy", "response/length_mean", "groups/zero_variance"):
+            assert ra[key] == rb[key], (ra["step"], key, ra[key], rb[key])
+        for key in ("loss/total", "grad_norm", "response/entropy", "loss/ratio_max"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7), (ra["step"], key)
+    summary_a = json.loads((a / "summary.json").read_text())
+    summary_b = json.loads((b / "summary.json").read_text())
+    assert summary_b["resumed_from"].endswith("step_000002")
+    assert summary_a["val_history"] == summary_b["val_history"]

@@ -146,7 +146,11 @@ class Trainer:
         self.val_samples = self._load(cfg.data.val)
         self.order = PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
-        self.loss_fn = build_loss(cfg.algorithm.loss, **cfg.algorithm.loss_kwargs())
+        loss_kwargs = cfg.algorithm.loss_kwargs()
+        if loss_kwargs.get("aggregation") == "seq-mean-token-sum-norm" and "norm_length" not in loss_kwargs:
+            # Dr. GRPO divides by the generation budget, the same constant for every micro-batch.
+            loss_kwargs["norm_length"] = cfg.rollout.max_tokens
+        self.loss_fn = build_loss(cfg.algorithm.loss, **loss_kwargs)
         self.grader = Grader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
                              require_think=cfg.reward.require_think)
         self.reward_fn = RewardFunction(self.grader, accuracy_weight=cfg.reward.accuracy_weight,
@@ -364,8 +368,9 @@ class Trainer:
             for lo in range(0, n, self.local_minibatch_rows):
                 rows = perm[lo : lo + self.local_minibatch_rows]
                 micro = [rows[i : i + t.micro_batch_size] for i in range(0, len(rows), t.micro_batch_size)]
-                tokens = sum(len(rollouts.completions[i].token_ids) for i in rows)
-                g_tokens, g_seqs = self.rt.all_reduce_sum([tokens, len(rows)])
+                lengths = [len(rollouts.completions[i].token_ids) for i in rows]
+                # The loss module's global normalisers: valid tokens and NON-EMPTY rows of the whole minibatch.
+                g_tokens, g_seqs = (max(1.0, g) for g in self.rt.all_reduce_sum([sum(lengths), sum(n > 0 for n in lengths)]))
                 finite = True
                 minibatch_loss = 0.0
                 for k, mrows in enumerate(micro):

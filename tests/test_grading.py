@@ -161,6 +161,12 @@ def test_verdict_reports_prediction_and_format(real):
     assert (no_answer.correct, no_answer.prediction, no_answer.format_ok) == (False, None, False)
 
 
+def test_an_absurdly_long_answer_is_not_graded(real):
+    verdict = grade_one(real["math500"]("test/algebra/2584.json"), "\\boxed{" + "x+" * 5000 + "1}")
+    assert verdict.correct is False and verdict.error == "extracted answer is 10001 characters (limit 2000): not graded"
+    assert len(verdict.prediction) == 2000
+
+
 def test_grade_one_from_a_thread_still_grades(real):
     # The peer bug: math-verify's signal.alarm raises off the main thread, a broad except turns it into a 0.
     sample = real["math500"]("test/precalculus/807.json")

@@ -150,3 +150,19 @@ def test_lines_already_scored_survive_a_killed_run(tmp_path):
     assert still_running, "the run ended by itself: the killed-run case was not exercised"
     lines = out.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(line)["correct"] is True for line in lines)
+
+
+def test_reference_fills_gold_fields_and_rejects_unknown_ids(tmp_path, fixtures_dir, capsys):
+    reference = fixtures_dir / "mathvision" / "testmini.jsonl"
+    rows = [{"id": "6", "response": "\\boxed{D}"}, {"id": "250", "response": ""},  # an empty response is just wrong
+            {"id": "999999", "response": "\\boxed{1}"}, {"id": "4", "answer": "7", "response": "\\boxed{7}"}]
+    path, out = _write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    args = ["score", "--benchmark", "mathvision", "--predictions", str(path), "--out", str(out), "--reference", str(reference)]
+    assert main(args) == 2
+    assert f"{path} line 3: id '999999' is not in the benchmark (--reference)" in capsys.readouterr().err
+    assert main(args + ["--skip-bad-rows"]) == 0
+    err = capsys.readouterr().err
+    assert "line 4: field 'answer' is '7' but the benchmark has '6'" in err
+    scored = _read_jsonl(out)
+    assert [(r["id"], r["answer"], r["correct"]) for r in scored] == [("6", "D", True), ("250", "4.8", False)]
+    assert scored[0]["options"] == ["A", "B", "C", "D", "E"]  # filled from the benchmark's row

@@ -6,6 +6,8 @@ field, e.g. MathVerse's ``model_answer``). Each output line is the input row plu
 (and ``extraction`` for MathVista rows extracted here, ``score_error`` for a row whose scoring timed out or failed:
 it counts as wrong). Lines are written as they are scored, so an interrupted run keeps every line already written.
 
+With ``--reference`` (the benchmark's original file) rows are looked up by id and may carry only the id and the
+response; an id not in the benchmark, or a gold field that differs from the benchmark's, is a bad row.
 Every line is checked before any is scored: a line that is not JSON or lacks a field the benchmark needs stops the
 command with an error naming the line and field, unless ``--skip-bad-rows``, which scores the others and lists the
 skipped lines in the summary. Responses longer than 65,536 characters are cut to their last 65,536 before
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from mhpo_vl.scoring import BENCHMARKS, MATHVISTA, MODES, score_row, validate_row
+from mhpo_vl.scoring import BENCHMARKS, MATHVISTA, MODES, load_reference, merge_reference, score_row, validate_row
 
 SUMMARY_LIST_LIMIT = 20
 _BLANK = object()  # marks a blank line (not a row; counted in the summary)
@@ -34,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "nearest-choice fallback; 'strict' (default) drops that fallback. Other benchmarks "
                              "have one rule set and ignore this")
     parser.add_argument("--response-field", default="response", help="field holding the raw model output (default: response)")
+    parser.add_argument("--reference", default=None,
+                        help="the benchmark's original file (e.g. MathVista testmini.json, MathVision testmini.jsonl): "
+                             "rows are looked up by id (pid / id / sample_index / unique_id), fields they lack are "
+                             "filled from it, and an unknown id or a gold field that differs is a bad row")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="score the valid rows and list the bad ones instead of stopping at the first bad row")
     parser.add_argument("--num-workers", type=int, default=2, help="scoring processes (default 2)")
@@ -54,21 +60,25 @@ def _read_rows(path: Path):
                 yield number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
 
 
-def _check_input(args: argparse.Namespace, path: Path) -> tuple[list[tuple[int, str]], int]:
+def _complete_rows(args: argparse.Namespace, path: Path, reference: dict | None):
+    """(line number, row completed from the reference or _BLANK or None, error) for each line."""
+    for number, row, error in _read_rows(path):
+        if error is None and row is not _BLANK and reference is not None:
+            row, error = merge_reference(args.benchmark, row, reference) if isinstance(row, dict) else (row, None)
+        if error is None and row is not _BLANK:
+            error = validate_row(args.benchmark, row, args.response_field)
+        yield number, row, error
+
+
+def _check_input(args: argparse.Namespace, path: Path, reference: dict | None) -> tuple[list[tuple[int, str]], int]:
     """(bad lines with the reason, number of blank lines)."""
     bad, blank = [], 0
-    for number, row, error in _read_rows(path):
+    for number, row, error in _complete_rows(args, path, reference):
         if row is _BLANK:
             blank += 1
-            continue
-        message = error or validate_row(args.benchmark, row, args.response_field)
-        if message:
-            bad.append((number, message))
+        elif error:
+            bad.append((number, error))
     return bad, blank
-
-
-def _score_task(benchmark: str, mode: str, row: dict, response: str) -> dict:
-    return score_row(benchmark, mode, row, response)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,17 +89,21 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"error: {path}: no such file", file=sys.stderr)
         return 2
-    bad, blank_lines = _check_input(args, path)
+    try:
+        reference = load_reference(args.benchmark, args.reference) if args.reference else None
+    except (OSError, ValueError) as exc:
+        print(f"error: --reference: {exc}", file=sys.stderr)
+        return 2
+    bad, blank_lines = _check_input(args, path, reference)
     if bad and not args.skip_bad_rows:
         number, message = bad[0]
         more = f" ({len(bad) - 1} more bad lines; --skip-bad-rows scores the rest)" if len(bad) > 1 else ""
         print(f"error: {path} line {number}: {message}{more}", file=sys.stderr)
         return 2
-    bad_lines = {number for number, _ in bad}
 
     def tasks():
-        for number, row, _ in _read_rows(path):
-            if row is not _BLANK and number not in bad_lines:
+        for number, row, error in _complete_rows(args, path, reference):
+            if row is not _BLANK and error is None:
                 response = row.get(args.response_field)
                 yield row, (args.benchmark, args.mode, {k: v for k, v in row.items() if k != args.response_field},
                             tail(response) if isinstance(response, str) else response)
@@ -98,13 +112,13 @@ def run(args: argparse.Namespace) -> int:
     failed_rows: list[str] = []
     started = time.monotonic()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with HardTimeoutPool(args.num_workers, args.timeout_s, preload=["math_verify", "mhpo_vl.scoring"]) as pool, \
+    with HardTimeoutPool(args.num_workers, args.timeout_s, preload=["mhpo_vl.grading.warm", "mhpo_vl.scoring"]) as pool, \
             out_path.open("w", encoding="utf-8") as out:
         batch: list[tuple[dict, tuple]] = []
 
         def flush(batch: list[tuple[dict, tuple]]) -> None:
             nonlocal scored, correct, timeouts, failures
-            for (row, _), result in zip(batch, pool.imap(_score_task, [task for _, task in batch])):
+            for (row, _), result in zip(batch, pool.imap(score_row, [task for _, task in batch])):
                 if result.error is None:
                     row.update(result.value)
                 else:

@@ -19,8 +19,6 @@ import re
 
 MAX_RESPONSE_CHARS = 65_536
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
-
 # "The final answer is: $\boxed{..}$" is handled by the box rule; these phrases catch unboxed answers.
 _ANSWER_PHRASE = re.compile(r"\b(?:answer|correct\s+(?:option|choice))\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 # A sentence ends at a newline, or at a period/semicolon followed by whitespace (a decimal point is not followed by one).
@@ -32,54 +30,48 @@ def tail(text: str, limit: int = MAX_RESPONSE_CHARS) -> str:
     return text if len(text) <= limit else text[-limit:]
 
 
-def _braced_argument(text: str, open_at: int) -> tuple[str, int] | None:
-    """The content of the brace group opening at ``open_at`` and the index after it; None when unbalanced."""
-    depth = 0
-    i = open_at
-    n = len(text)
+def _matching_braces(text: str) -> dict[int, int]:
+    """{index of "{": index of its "}"} for every balanced group, in one pass (escaped \\{ \\} are not groups).
+
+    One pass, so a response with thousands of unclosed boxes costs O(n), not O(n) per box."""
+    matches: dict[int, int] = {}
+    stack: list[int] = []
+    i, n = 0, len(text)
     while i < n:
         ch = text[i]
-        if ch == "\\" and i + 1 < n:  # an escaped brace (\{ or \}) does not open or close a group
+        if ch == "\\":
             i += 2
             continue
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i], i + 1
+            stack.append(i)
+        elif ch == "}" and stack:
+            matches[stack.pop()] = i
         i += 1
-    return None
+    return matches
 
 
-def _box_at(text: str, start: int, command: str) -> str | None:
-    after = start + len(command)
-    if after < len(text) and (text[after].isalpha()):  # \boxedsomething is another macro
-        return None
-    j = after
-    while j < len(text) and text[j] in " \t":
-        j += 1
-    if j < len(text) and text[j] == "{":
-        group = _braced_argument(text, j)
-        return None if group is None else group[0]
-    if j > after:  # "\boxed 5": the argument runs to the next space or math delimiter
-        m = re.match(r"[^\s$]+", text[j:])
-        return m.group(0) if m else None
-    return None
+_SPACED_ARGUMENT = re.compile(r"[ \t]+([^\s$]+)")
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last complete ``\\boxed{}``/``\\fbox{}``; an unclosed one (a cut-off response) is skipped."""
-    positions = []
-    for command in _BOX_COMMANDS:
-        start = text.find(command)
-        while start != -1:
-            positions.append((start, command))
-            start = text.find(command, start + 1)
-    for start, command in sorted(positions, reverse=True):
-        content = _box_at(text, start, command)
-        if content is not None:
-            return content.strip()
+    starts = sorted(
+        ((m.start(), m.end()) for m in re.finditer(r"\\(?:boxed|fbox)(?![A-Za-z])", text)), reverse=True
+    )
+    if not starts:
+        return None
+    braces = _matching_braces(text)
+    for _, after in starts:
+        j = after
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            if j in braces:
+                return text[j + 1 : braces[j]].strip()
+            continue
+        spaced = _SPACED_ARGUMENT.match(text, after)  # "\\boxed 5": up to the next space or math delimiter
+        if spaced:
+            return spaced.group(1)
     return None
 
 
@@ -87,9 +79,8 @@ def answer_after_phrase(text: str) -> str | None:
     """X in the last "answer is X" / "Answer: X", up to the end of its sentence."""
     matches = list(_ANSWER_PHRASE.finditer(text))
     for m in reversed(matches):
-        rest = text[m.end() :]
-        end = _SENTENCE_END.search(rest)
-        candidate = (rest[: end.start()] if end else rest).strip()
+        end = _SENTENCE_END.search(text, m.end())
+        candidate = text[m.end() : end.start() if end else len(text)].strip()
         candidate = candidate.strip("*").strip()  # markdown bold around the answer
         if candidate.startswith("$") and candidate.endswith("$") and len(candidate) > 1:
             candidate = candidate.strip("$").strip()

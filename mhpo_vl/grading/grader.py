@@ -16,6 +16,8 @@ from mhpo_vl.grading.format import format_ok as check_format
 from mhpo_vl.grading.pool import HardTimeoutPool
 from mhpo_vl.types import Sample
 
+MAX_ANSWER_CHARS = 2_000
+
 
 @dataclass
 class Verdict:
@@ -56,6 +58,10 @@ def grade_one(sample: Sample, response: str, *, boxed_only: bool = False, requir
     formatted = check_format(response, require_think)
     if prediction is None or not prediction.strip():
         return Verdict(correct=False, prediction=prediction, format_ok=formatted)
+    if len(prediction) > MAX_ANSWER_CHARS:
+        # No real final answer is this long (a box around a whole derivation); sympy on it would only burn the timeout.
+        return Verdict(correct=False, prediction=prediction[:MAX_ANSWER_CHARS], format_ok=formatted,
+                       error=f"extracted answer is {len(prediction)} characters (limit {MAX_ANSWER_CHARS}): not graded")
     return Verdict(correct=is_correct(sample, prediction), prediction=prediction, format_ok=formatted)
 
 
@@ -89,7 +95,7 @@ class Grader:
             num_workers,
             timeout_s,
             warmup=_warm_up,
-            preload=["math_verify", "mhpo_vl.grading.grader"],
+            preload=["mhpo_vl.grading.warm", "mhpo_vl.grading.grader"],
             memory_limit_mb=memory_limit_mb,
         )
 

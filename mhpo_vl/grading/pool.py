@@ -8,7 +8,8 @@ reported as ``timed_out``. A worker that dies (segfault, out of memory) costs it
 Workers start from a ``forkserver`` (a clean process that has imported the preload modules once, so a replacement
 worker is a cheap fork with sympy already loaded); ``spawn`` where forkserver is unavailable. Neither copies the
 parent's threads or locks, so the pool is safe to create and use from any thread of a process that runs torch,
-vLLM or data-loader threads. Batches are serialised: two threads calling ``imap`` take turns.
+vLLM or data-loader threads. Batches are serialised: two threads calling ``imap`` take turns. If the owning process
+is killed, its workers die too, busy or not (``_die_with_forkserver``): no orphan keeps a CPU spinning on sympy.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import collections
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +36,38 @@ class TaskResult:
     seconds: float = 0.0
 
 
-def _worker_main(conn, warmup: Callable[[], None] | None, memory_limit_mb: int | None) -> None:
+def _die_with_forkserver() -> None:
+    """Make a forkserver-started worker die when the process that owns the pool dies, even mid-task.
+
+    A worker stuck in sympy never reads its pipe again, so it cannot notice its owner's death (and a watchdog thread
+    would starve: big-integer arithmetic holds the GIL). Instead: (1) the kernel SIGKILLs the worker when its parent,
+    the forkserver, exits (PR_SET_PDEATHSIG); (2) the worker drops its copy of the forkserver's "alive" pipe, which
+    multiprocessing hands every child, so that the forkserver sees EOF, and exits, as soon as the owner dies.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the forkserver died before prctl took effect
+        os._exit(1)
+    from multiprocessing import forkserver
+
+    alive_fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        try:
+            os.close(alive_fd)
+        except OSError:
+            pass
+        forkserver._forkserver._forkserver_alive_fd = None
+
+
+def _worker_main(conn, warmup: Callable[[], None] | None, memory_limit_mb: int | None, via_forkserver: bool) -> None:
+    if via_forkserver:
+        _die_with_forkserver()
     # Ctrl-C goes to the whole process group; the parent decides what to do, a worker must not die mid-send.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_limit_mb:
@@ -67,7 +100,9 @@ def _worker_main(conn, warmup: Callable[[], None] | None, memory_limit_mb: int |
 class _Worker:
     def __init__(self, ctx, warmup, memory_limit_mb):
         self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, warmup, memory_limit_mb), daemon=True)
+        via_forkserver = ctx.get_start_method() == "forkserver"
+        self.process = ctx.Process(target=_worker_main, args=(child_conn, warmup, memory_limit_mb, via_forkserver),
+                                   daemon=True)
         self.process.start()
         child_conn.close()
         self.started_at = time.monotonic()

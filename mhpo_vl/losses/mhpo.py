@@ -73,11 +73,14 @@ class _MHPOTokenLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_ratio_NT, advantages_NT, c, k_pos, lambda_pos, k_neg, lambda_neg):  # type: ignore[override]
-        tanh_NT = torch.tanh(log_ratio_NT / c)
-        psi_NT = c * tanh_NT
-        zeta_NT = dhp_zeta(psi_NT, k_pos, lambda_pos, k_neg, lambda_neg)
-        weight_NT = torch.exp(psi_NT - zeta_NT)  # the modulated, hazard-attenuated ratio
-        multiplier_NT = weight_NT * (1.0 - tanh_NT * tanh_NT)  # M(r): d psi / d log r = sech^2(log r / c)
+        # Same formulas as lfm_psi / dhp_zeta / grad_multiplier, written with in-place ops to save allocations.
+        tanh_NT = torch.div(log_ratio_NT, c).tanh_()
+        psi_NT = tanh_NT * c
+        zeta_NT = F.softplus(psi_NT).div_(lambda_pos).pow_(k_pos)
+        zeta_NT += F.softplus(-psi_NT).div_(lambda_neg).pow_(k_neg)
+        weight_NT = torch.sub(psi_NT, zeta_NT).exp_()  # the modulated, hazard-attenuated ratio
+        # M(r) = weight * sech^2(log r / c), sech^2 = 1 - tanh^2 (d psi / d log r); tanh's buffer is reused
+        multiplier_NT = tanh_NT.square_().neg_().add_(1.0).mul_(weight_NT)
         neg_advantages_NT = -advantages_NT
         ctx.save_for_backward(multiplier_NT * neg_advantages_NT)
         ctx.mark_non_differentiable(psi_NT, zeta_NT, multiplier_NT)

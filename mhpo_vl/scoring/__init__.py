@@ -13,6 +13,54 @@ MATHVISTA, MATHVISION, MATHVERSE = "mathvista", "mathvision", "mathverse"
 GRADER_BENCHMARKS = ("geometry3k", "math500", "aime24", "aime25", "amc23", "hmmt25")
 BENCHMARKS = (MATHVISTA, MATHVISION, MATHVERSE) + GRADER_BENCHMARKS
 MODES = ("strict", "official")
+# The field that names a row in each benchmark's original file (MathVerse: sample_index is unique across versions).
+REFERENCE_KEYS = {MATHVISTA: "pid", MATHVISION: "id", MATHVERSE: "sample_index", "math500": "unique_id"}
+
+
+def load_reference(benchmark: str, path: str) -> dict[str, dict]:
+    """The benchmark's original file (JSON list, JSON object keyed by id as MathVista's testmini.json, or JSONL),
+    as {id: row}. Raises naming the file and row when a row lacks its id or an id repeats."""
+    import json
+    from pathlib import Path
+
+    if benchmark not in REFERENCE_KEYS:
+        raise ValueError(f"--reference is supported for {', '.join(REFERENCE_KEYS)}, not {benchmark!r}")
+    key = REFERENCE_KEYS[benchmark]
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+        rows = list(data.values()) if isinstance(data, dict) else data
+    except json.JSONDecodeError:
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
+    reference: dict[str, dict] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or key not in row:
+            raise ValueError(f"{path}: row {index} has no {key!r} field")
+        if str(row[key]) in reference:
+            raise ValueError(f"{path}: {key} {row[key]!r} appears twice")
+        reference[str(row[key])] = row
+    return reference
+
+
+def merge_reference(benchmark: str, row: dict, reference: dict[str, dict]) -> tuple[dict | None, str | None]:
+    """The row completed with the reference's fields it lacks, or an error: no id, an id not in the benchmark, or
+    a gold field that disagrees with the benchmark's (predictions made for another version of it)."""
+    key = REFERENCE_KEYS[benchmark]
+    if key not in row:
+        return None, f"missing field {key!r} (needed to find the row in --reference)"
+    original = reference.get(str(row[key]))
+    if original is None:
+        return None, f"{key} {row[key]!r} is not in the benchmark (--reference)"
+    for name in required_fields(benchmark):
+        if name in row and name in original and row[name] != original[name]:
+            return None, f"field {name!r} is {row[name]!r} but the benchmark has {original[name]!r}"
+    return {**original, **row}, None
 
 
 def required_fields(benchmark: str) -> tuple[str, ...]:
@@ -23,7 +71,7 @@ def required_fields(benchmark: str) -> tuple[str, ...]:
     elif benchmark == MATHVERSE:
         from mhpo_vl.scoring.mathverse import REQUIRED_FIELDS
     elif benchmark in GRADER_BENCHMARKS:
-        REQUIRED_FIELDS = ("answer",)
+        REQUIRED_FIELDS = ("answer",)  # noqa: N806
     else:
         raise ValueError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
     return REQUIRED_FIELDS

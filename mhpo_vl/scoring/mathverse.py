@@ -18,6 +18,7 @@ import re
 from mhpo_vl.grading.choices import LETTERS, letter_of, predicted_choice_index
 from mhpo_vl.grading.equivalence import answers_equivalent, plain_number
 from mhpo_vl.grading.extract import extract_answer
+from mhpo_vl.grading.grader import MAX_ANSWER_CHARS
 from mhpo_vl.grading.normalize import normalize_answer
 
 REQUIRED_FIELDS = ("answer", "question_type", "question")
@@ -53,6 +54,6 @@ def score(row: dict, response: str) -> tuple[str | None, bool]:
             letter = None if index is None else LETTERS[index]
         return (letter or answer), letter is not None and letter == gold.upper()
     answer = extract_answer(response, expects_number=plain_number(normalize_answer(gold)) is not None)
-    if answer is None:
-        return None, False
+    if answer is None or len(answer) > MAX_ANSWER_CHARS:  # the grader's limit: no real answer is that long
+        return answer, False
     return answer, answers_equivalent(gold, answer, "expression", None)

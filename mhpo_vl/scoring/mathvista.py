@@ -29,6 +29,7 @@ from typing import Any
 
 from mhpo_vl.grading.choices import letter_of, predicted_choice_index
 from mhpo_vl.grading.extract import extract_answer
+from mhpo_vl.grading.grader import MAX_ANSWER_CHARS
 
 REQUIRED_FIELDS = ("pid", "question_type", "answer_type", "answer", "choices", "precision")
 MODES = ("strict", "official")
@@ -112,7 +113,7 @@ def normalize_extraction(extraction: Any, row: dict, mode: str = "strict") -> st
             return most_similar_choice(text, choices)
         if text in choices:
             return text
-        index = predicted_choice_index(text, choices) if text else None
+        index = predicted_choice_index(text, choices) if text and len(text) <= MAX_ANSWER_CHARS else None
         return None if index is None else choices[index]
     try:
         if answer_type == "integer":

@@ -102,6 +102,7 @@ class OptimConfig:
     lr: float = 1e-6  # EasyR1
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
 

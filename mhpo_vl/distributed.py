@@ -19,44 +19,68 @@ import torch
 
 
 class Runtime:
+    """Process state from accelerate (one process, `accelerate launch`, or torchrun); the optimiser step from
+    plain torch or, when `deepspeed_config` names a JSON file, from a DeepSpeed ZeRO engine (deepspeed.initialize,
+    which runs on CPU with gloo as well as on GPUs)."""
+
     def __init__(self, *, device: str = "auto", deepspeed_config: str | None = None, micro_steps_per_update: int = 1,
                  micro_batch_size: int = 1, max_grad_norm: float = 1.0):
         from accelerate import Accelerator
-        from accelerate.utils import DeepSpeedPlugin
 
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-        plugin = None
-        if deepspeed_config:
-            with open(deepspeed_config) as f:
-                ds = json.load(f)
-            # The trainer owns these numbers; a shipped config says "auto" for them.
-            ds["gradient_accumulation_steps"] = micro_steps_per_update
-            ds["gradient_clipping"] = max_grad_norm
-            ds["train_micro_batch_size_per_gpu"] = micro_batch_size
-            ds.pop("train_batch_size", None)
-            plugin = DeepSpeedPlugin(hf_ds_config=ds)
-        self.accelerator = Accelerator(cpu=use_cpu, deepspeed_plugin=plugin)
+        self.accelerator = Accelerator(cpu=use_cpu)
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        self.uses_deepspeed = plugin is not None
+        self.deepspeed_config = deepspeed_config
+        self.uses_deepspeed = deepspeed_config is not None
         self.micro_steps_per_update = micro_steps_per_update
+        self.micro_batch_size = micro_batch_size
         self.max_grad_norm = max_grad_norm
         self.model: Any = None
         self.optimizer: Any = None
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+        model = model.to(self.device)
         if self.uses_deepspeed:
-            model, optimizer = self.accelerator.prepare(model, optimizer)
-        else:
-            model = model.to(self.device)
+            import deepspeed
+
+            if not torch.distributed.is_initialized():  # one process: DeepSpeed still wants a process group
+                for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29400 + os.getpid() % 500)),
+                                   ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+                    os.environ.setdefault(key, value)
+            model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                          config=self._deepspeed_dict(model))
         self.model, self.optimizer = model, optimizer
         return model, optimizer
 
+    def _deepspeed_dict(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The shipped JSON with the trainer-owned numbers filled in and every remaining "auto" resolved."""
+        with open(self.deepspeed_config) as f:
+            ds = json.load(f)
+        ds["gradient_accumulation_steps"] = self.micro_steps_per_update
+        ds["gradient_clipping"] = self.max_grad_norm
+        ds["train_micro_batch_size_per_gpu"] = self.micro_batch_size
+        ds.pop("train_batch_size", None)
+        dtype = next(model.parameters()).dtype
+        if ds.get("bf16", {}).get("enabled") == "auto":
+            ds["bf16"]["enabled"] = dtype == torch.bfloat16
+        hidden = _hidden_size(model)
+        auto_values = {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+                       "stage3_param_persistence_threshold": 10 * hidden}
+        zero = ds.get("zero_optimization", {})
+        for key, value in list(zero.items()):
+            if value == "auto":
+                if key not in auto_values:
+                    raise ValueError(f"{self.deepspeed_config}: zero_optimization.{key} is 'auto', which the trainer "
+                                     f"cannot resolve; give a number (resolvable: {', '.join(auto_values)})")
+                zero[key] = auto_values[key]
+        return ds
+
     def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        return self.model.module if self.uses_deepspeed else self.model
 
     # ---- one update = several micro-batches -----------------------------------------------------------------
     def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
@@ -128,8 +152,10 @@ class Runtime:
 
     # ---- state ----------------------------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole model's weights on every call site that needs them (gathered from ZeRO-3 shards)."""
-        return self.accelerator.get_state_dict(self.model)
+        """The whole model's weights (gathered from ZeRO-3 shards; a collective: every rank must call it)."""
+        if self.uses_deepspeed and self.model.zero_optimization_stage() == 3:
+            return self.model._zero3_consolidated_16bit_state_dict()
+        return self.unwrapped().state_dict()
 
     def optimizer_state(self) -> Any:
         if self.uses_deepspeed:
@@ -148,3 +174,9 @@ class Runtime:
         if self.uses_deepspeed:
             self.model.load_checkpoint(os.path.join(folder, "deepspeed"), tag="state",
                                        load_module_strict=False)
+
+
+def _hidden_size(model: torch.nn.Module) -> int:
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    return int(getattr(text, "hidden_size", 4096))

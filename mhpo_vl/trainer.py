@@ -131,7 +131,7 @@ class Trainer:
             model.gradient_checkpointing_enable()
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                      betas=tuple(cfg.optim.betas))
+                                      betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.model, self.optimizer = self.rt.prepare(model, optimizer)
         self.ref_model = None
         if cfg.algorithm.kl_coef > 0:
@@ -376,7 +376,7 @@ class Trainer:
                 for k, mrows in enumerate(micro):
                     last = k == len(micro) - 1
                     out = self._micro_loss(rollouts, mrows, g_tokens, g_seqs)
-                    minibatch_loss += float(out.loss)
+                    minibatch_loss += float(out.loss.detach())
                     if bool(torch.isfinite(out.loss)):
                         self.rt.backward(out.loss, last)
                     else:
@@ -425,7 +425,8 @@ class Trainer:
 
     def _micro_loss(self, rollouts: Rollouts, rows: list[int], g_tokens: float, g_seqs: float):
         batch = self._batch(rollouts, rows)
-        logprobs_NT, _ = self._logprobs(self.model, batch)
+        # The HF module itself, not a DeepSpeed engine (whose `.config` is its own): ZeRO hooks live on the module.
+        logprobs_NT, _ = self._logprobs(self.rt.unwrapped(), batch)
         T = logprobs_NT.shape[1]
         old_NT = _pad_rows([rollouts.old_logprobs[i] for i in rows], T).to(logprobs_NT.device)
         ref_NT = None

@@ -23,7 +23,11 @@ def main(out_dir: str, model_dir: str, deepspeed: str) -> None:
         "rollout.backend=hf", "rollout.n=2", "rollout.max_tokens=8",
         "trainer.rollout_batch_size=4", "trainer.minibatch_size=4", "trainer.micro_batch_size=2",
         "trainer.device=cpu", f"trainer.output_dir={out_dir}/run", "trainer.resume=false",
-        "optim.lr=1e-2", "optim.max_grad_norm=100.0", "reward.num_workers=1", "algorithm.loss=mhpo",
+        # Adam with a huge eps steps by lr * grad (to first order): weights then compare gradients linearly,
+        # instead of Adam's sign-like steps amplifying float noise where a gradient is ~0.
+        "optim.lr=1.0", "optim.eps=1.0", "optim.weight_decay=0.0", "optim.max_grad_norm=1.0e6",
+        # Two passes over the batch: the second is off-policy, so its loss is not 0.
+        "trainer.ppo_epochs=2", "reward.num_workers=1", "algorithm.loss=mhpo",
     ]
     if deepspeed != "none":
         overrides.append(f"trainer.deepspeed={deepspeed}")

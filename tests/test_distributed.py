@@ -39,11 +39,12 @@ def test_two_ranks_match_each_other_and_the_single_process(tmp_path, tiny_vl_mod
         assert torch.equal(w, r1["weights"][name]), f"ranks disagree on {name}"
     moved = 0
     for name, w in one["weights"].items():
-        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-4, atol=1e-5, msg=f"{name} differs from 1 process")
+        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-4, atol=1e-6)
     start = __import__("mhpo_vl.model", fromlist=["load_policy"]).load_policy(tiny_vl_model_dir, freeze_vision=True).model
     for name, p in start.named_parameters():
         if name in one["weights"] and not torch.equal(p.detach(), one["weights"][name]):
             moved += 1
     assert moved >= 0.9 * len(one["weights"])  # the updates really changed the weights
-    assert len(one["losses"]) == len(r0["losses"]) == 2
+    assert len(one["losses"]) == len(r0["losses"]) == 4  # 2 steps x 2 epochs
+    assert abs(one["losses"][1]) > 1e-6  # the off-policy epoch has a real loss to compare
     torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-6)

@@ -36,7 +36,8 @@ def plot_runs(run_dirs: list[str | Path], out_path: str | Path, smooth: int = 1)
     fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 3.6 * rows_n), squeeze=False)
     for ax, (key, title) in zip(axes.flat, present):
         for run_dir, rows in runs:
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            # Tagged rows (e.g. validation before the SFT warm-start) are not points of the RL curve.
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and "val/tag" not in r]
             if not pts:
                 continue
             xs, ys = zip(*pts)

@@ -442,13 +442,8 @@ class Trainer:
         tower is already there). Under ZeRO-3 the full tensors are gathered first."""
         if self.cfg.rollout.backend == "hf":
             return  # the HF sampler shares the trainer's model object
-        state = self.rt.full_state_dict() if self.rt.uses_deepspeed else None
-        model = self.rt.unwrapped()
-        if state is None:
-            named = [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]
-        else:
-            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-            named = [(n, t) for n, t in state.items() if n in trainable]
+        trainable = {n for n, p in self.rt.unwrapped().named_parameters() if p.requires_grad}
+        named = list(self.rt.full_state_dict(only=trainable).items())
         self.sampler.load_weights(named)
 
     # ------------------------------------------------------------------------------------------ validate ----

@@ -55,12 +55,8 @@ def main(out_dir: str, model_dir: str, deepspeed: str) -> None:
         trainer.update(rollouts)
         losses.extend(trainer.last_update_losses)
     model = trainer.rt.unwrapped()
-    if trainer.rt.uses_deepspeed:
-        state = trainer.rt.full_state_dict()
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        weights = {n: t.detach().float().cpu() for n, t in state.items() if n in trainable}
-    else:
-        weights = {n: p.detach().float().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    weights = {n: t.float().cpu() for n, t in trainer.rt.full_state_dict(only=trainable).items()}
     torch.save({"weights": weights, "losses": losses, "world": world}, os.path.join(out_dir, f"rank{rank}.pt"))
     trainer.close()
 

@@ -44,6 +44,7 @@ class ModelConfig:
 class DataConfig:
     train: DatasetSpec = field(default_factory=lambda: DatasetSpec(name="geometry3k", split="train"))
     val: DatasetSpec = field(default_factory=lambda: DatasetSpec(name="geometry3k", split="test"))
+    plugins: list[str] = field(default_factory=list)  # user adapter modules (.py paths or dotted names) to import
     template: str = "reason_boxed"  # a name from mhpo_vl.prompts or a path to a template file
     system_prompt: str | None = None
     use_images: bool = True  # False: the text-only path (text models)

@@ -142,6 +142,9 @@ class Trainer:
         self.encoder = PromptEncoder(self.policy.processor, template, max_prompt_length=cfg.data.max_prompt_length,
                                      use_images=cfg.data.use_images, min_pixels=cfg.data.min_pixels,
                                      max_pixels=cfg.data.max_pixels, system_prompt=cfg.data.system_prompt)
+        from mhpo_vl.datasets import import_plugins
+
+        import_plugins(cfg.data.plugins)  # user adapters register their names before the datasets are loaded
         self.train_samples = self._load(cfg.data.train)
         self.val_samples = self._load(cfg.data.val)
         self.order = PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,
@@ -194,8 +197,7 @@ class Trainer:
         return VLLMSampler(model_path, max_model_len=max_len, dtype=self.cfg.model.dtype,
                            seed=self.cfg.trainer.seed + 1000 * self.rt.rank,
                            gpu_memory_utilization=r.gpu_memory_utilization,
-                           enable_sleep_mode=r.enable_sleep_mode and self.rt.device.type == "cuda",
-                           enable_chunked_prefill=False)
+                           enable_sleep_mode=r.enable_sleep_mode and self.rt.device.type == "cuda")
 
     # ------------------------------------------------------------------------------------------- the step ----
     def train_sampling(self):
@@ -590,6 +592,7 @@ class Trainer:
     def close(self) -> None:
         self.writer.close()
         self.grader.close()
+        self.sampler.close()
 
 
 

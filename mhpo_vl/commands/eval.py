@@ -283,29 +283,6 @@ def make_sampler(args: argparse.Namespace, model: str):
     return sampler, None
 
 
-def close_sampler(sampler) -> None:
-    """Free the engine before the next one starts (eval-run builds one per checkpoint in this process)."""
-    close = getattr(sampler, "close", None)
-    if close is not None:
-        close()
-        return
-    llm = getattr(sampler, "llm", None)
-    if llm is None:  # HFSampler: the model goes with the last reference
-        return
-    # VLLMSampler has no close() yet: shut its engine core down and release vLLM's process-wide state.
-    import gc
-
-    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if engine_core is not None and hasattr(engine_core, "shutdown"):
-        engine_core.shutdown()
-    sampler.llm = None
-    del llm
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    cleanup_dist_env_and_memory()
-    gc.collect()
-
-
 # ----------------------------------------------------------------------------------------- evaluation --
 
 
@@ -432,7 +409,7 @@ def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision
                 bar.close()
                 timing[plan.name] = time.perf_counter() - bench_started
     finally:
-        close_sampler(sampler)
+        sampler.close()  # free the engine before the next one starts (eval-run: one per checkpoint)
     return timing
 
 

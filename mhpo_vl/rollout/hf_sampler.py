@@ -100,6 +100,9 @@ class HFSampler:
         """Nothing to copy: the sampler runs the policy model itself."""
         return 0
 
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller."""
+
     def sleep(self) -> None:
         pass
 

@@ -66,6 +66,10 @@ def make_llm(
     )
     if limit_mm_per_prompt is not None:
         kwargs["limit_mm_per_prompt"] = limit_mm_per_prompt
+    if on_cpu:
+        # vLLM 0.32 CPU: a seeded request whose prefill is chunked fails ("CPU Generator does not use offset",
+        # when vLLM rewinds its generator for the discarded partial-prefill sample); whole prefills avoid it.
+        kwargs["enable_chunked_prefill"] = False
     if not on_cpu:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs["enable_sleep_mode"] = enable_sleep_mode
@@ -207,6 +211,22 @@ class VLLMSampler:
         self.llm.reset_mm_cache()
         self.llm.llm_engine.reset_encoder_cache()
         return len(weights)
+
+    def close(self) -> None:
+        """Shut the engine down and release vLLM's process-wide state, so another engine can start in this process
+        (eval-run builds one per checkpoint). The sampler is unusable afterwards."""
+        if self.llm is None:
+            return
+        import gc
+
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        self.llm = None
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+        gc.collect()
 
     def sleep(self) -> None:
         """Free the engine's GPU memory for the training phase (level 1: weights offloaded, KV cache dropped)."""

@@ -230,6 +230,7 @@ class Trainer:
         with timer("update"):
             update_metrics = self.update(rollouts)
         with timer("weight_sync"):
+            self.sampler.wake_up()  # weights go into an awake engine (sleep mode offloads them on GPU)
             self.sync_weights()
         self.step_idx += 1
         return self.step_metrics(rollouts, adv_metrics, update_metrics, timer, time.perf_counter() - start)

@@ -110,6 +110,41 @@ def test_an_update_moves_every_lm_parameter_and_no_vision_parameter(tmp_path, ti
     assert not unchanged, f"LM parameters that did not move: {unchanged}"
 
 
+@pytest.mark.slow
+def test_dynamic_sampling_keeps_informative_groups_and_refills(tmp_path, tiny_vl_model_dir):
+    """DAPO dynamic sampling: groups with equal rewards are dropped; new prompts are sampled (here by the real HF
+    sampler, whose random-model answers are all wrong, so they add nothing) and the batch is topped up to its
+    size with the informative groups repeated, counted in the metrics."""
+    from mhpo_vl.trainer import PhaseTimer, Rollouts, Trainer
+    from mhpo_vl.types import Completion
+
+    cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
+        "rollout.backend": "hf", "rollout.n": "2", "algorithm.dynamic_sampling": "true",
+        "algorithm.max_refill_rounds": "1"}))
+    trainer = Trainer(cfg)
+    tok = trainer.policy.tokenizer
+    samples = trainer.train_samples[:4]
+    prompts, completions = [], []
+    for g, (s, p) in enumerate(zip(samples, trainer.encoder.encode(samples))):
+        # groups 0 and 2: one right, one wrong (informative); groups 1 and 3: both wrong (zero variance)
+        answers = (s.answer, "0") if g % 2 == 0 else ("0", "0")
+        for answer in answers:
+            text = f"\\boxed{{{answer}}}"
+            prompts.append(p)
+            completions.append(Completion(text, tok.encode(text, add_special_tokens=False), None, "stop"))
+    rollouts = Rollouts(prompts, completions, 2)
+    trainer.score(rollouts)
+    trainer.compute_advantages(rollouts)
+    merged, metrics = trainer.refill_dynamic(rollouts, PhaseTimer())
+    trainer.close()
+    assert len(merged) == len(rollouts) == 8
+    assert metrics == {"dynamic_sampling/refill_rounds": 1.0, "dynamic_sampling/padded_groups": 2.0}
+    ids = [p.sample.id for p in merged.prompts[::2]]
+    assert ids == [samples[0].id, samples[2].id, samples[0].id, samples[2].id]
+    assert merged.accuracy_N.tolist() == [1.0, 0.0] * 4
+    assert all(abs(a) > 0.5 for a in merged.advantages_N.tolist())
+
+
 def _metrics(run_dir):
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -75,17 +75,11 @@ def test_rl_steps_freeze_vision_update_lm_and_write_run_files(tmp_path, tiny_vl_
         assert torch.equal(p, after[n].detach()), n
 
 
-@pytest.mark.slow
-def test_an_update_moves_every_lm_parameter_and_no_vision_parameter(tmp_path, tiny_vl_model_dir):
-    """Fixed rollouts, one right and one wrong answer per prompt (advantages +-1), through the real phases."""
-    from mhpo_vl.trainer import Rollouts, Trainer
+def _fixed_rollouts(trainer):
+    """One right and one wrong answer for each of 4 prompts (advantages +-1 after normalisation)."""
+    from mhpo_vl.trainer import Rollouts
     from mhpo_vl.types import Completion
 
-    cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{"rollout.backend": "hf",
-                                                                                    "rollout.n": "2"}))
-    trainer = Trainer(cfg)
-    model = trainer.rt.unwrapped()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     tok = trainer.policy.tokenizer
     samples = trainer.train_samples[:4]
     prompts, completions = [], []
@@ -94,7 +88,22 @@ def test_an_update_moves_every_lm_parameter_and_no_vision_parameter(tmp_path, ti
             text = f"\\boxed{{{answer}}}"
             prompts.append(p)
             completions.append(Completion(text, tok.encode(text, add_special_tokens=False), None, "stop"))
-    rollouts = Rollouts(prompts, completions, 2)
+    return Rollouts(prompts, completions, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kl_coef", ["0.0", "0.05"])
+def test_an_update_moves_every_lm_parameter_and_no_vision_parameter(tmp_path, tiny_vl_model_dir, kl_coef):
+    """Fixed rollouts through the real phases (with and without the KL-to-reference term)."""
+    from mhpo_vl.trainer import Trainer
+
+    cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
+        "rollout.backend": "hf", "rollout.n": "2", "algorithm.kl_coef": kl_coef}))
+    trainer = Trainer(cfg)
+    assert (trainer.ref_model is not None) == (kl_coef != "0.0")
+    model = trainer.rt.unwrapped()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rollouts = _fixed_rollouts(trainer)
     trainer.score(rollouts)
     assert rollouts.accuracy_N.tolist() == [1.0, 0.0] * 4
     trainer.compute_advantages(rollouts)
@@ -103,6 +112,8 @@ def test_an_update_moves_every_lm_parameter_and_no_vision_parameter(tmp_path, ti
     trainer.close()
     assert metrics["updates/applied"] == 2 and metrics["updates/skipped_nonfinite"] == 0
     assert metrics["loss/ratio_mean"] == pytest.approx(1.0, abs=0.05)  # first minibatch is exactly on-policy
+    if kl_coef != "0.0":
+        assert metrics["loss/kl_mean"] >= 0 and "loss/kl_loss" in metrics  # k3 KL is non-negative
     after = dict(model.named_parameters())
     vision = {n for n in before if n.startswith("model.visual.")}
     assert vision and all(torch.equal(before[n], after[n]) for n in vision)
@@ -143,6 +154,29 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills(tmp_path, tiny_vl
     assert ids == [samples[0].id, samples[2].id, samples[0].id, samples[2].id]
     assert merged.accuracy_N.tolist() == [1.0, 0.0] * 4
     assert all(abs(a) > 0.5 for a in merged.advantages_N.tolist())
+
+
+@pytest.mark.slow
+def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, tiny_vl_model_dir):
+    from mhpo_vl.trainer import Trainer, TrainingDivergedError
+
+    cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
+        "rollout.backend": "hf", "rollout.n": "2", "trainer.max_consecutive_nonfinite": "3"}))
+    trainer = Trainer(cfg)
+    model = trainer.rt.unwrapped()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rollouts = _fixed_rollouts(trainer)
+    trainer.score(rollouts)
+    trainer.compute_advantages(rollouts)
+    trainer.compute_old_logprobs(rollouts)
+    rollouts.advantages_N[:] = float("nan")  # every minibatch's loss becomes NaN
+    metrics = trainer.update(rollouts)  # 2 minibatches: both skipped, under the limit of 3 in a row
+    assert metrics["updates/skipped_nonfinite"] == 2 and metrics["updates/applied"] == 0
+    assert trainer.nonfinite_total == 2
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # nothing was applied
+    with pytest.raises(TrainingDivergedError, match="3 updates in a row"):
+        trainer.update(rollouts)
+    trainer.close()
 
 
 def _metrics(run_dir):

@@ -361,3 +361,34 @@ def build_tiny_text_model(out_dir: str | Path, seed: int = 0, **size_overrides: 
     tokenizer.save_pretrained(out_dir)
     _write_provenance(out_dir, "text", seed, sizes)
     return out_dir
+
+
+def builder_version() -> str:
+    """A hash of this file: a changed builder never reuses models cached by an older one."""
+    import hashlib
+
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def cached_tiny_model(kind: str, cache_root: str | Path, **size_overrides: Any) -> Path:
+    """The folder of a tiny model ("vl" or "text") with these sizes, built once under
+    ``<cache_root>/<builder_version()>/`` via a temporary folder and a rename, so an interrupted or concurrent build
+    never leaves half a model (concurrent builds are byte-identical)."""
+    import shutil
+    import tempfile
+
+    builders = {"vl": build_tiny_vl_model, "text": build_tiny_text_model}
+    if kind not in builders:
+        raise ValueError(f"tiny model kind must be one of {sorted(builders)}, got {kind!r}")
+    tag = "_".join(f"{k}{v}" for k, v in sorted(size_overrides.items())) or "default"
+    target = Path(cache_root) / builder_version() / f"{kind}_{tag}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+    builders[kind](tmp, seed=0, **size_overrides)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -68,22 +68,14 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_model_path(cfg: RunConfig, cache_root: Path) -> str:
-    """`tiny:vl` / `tiny:text` -> a tiny random model built offline (cached by its sizes); anything else as given."""
+    """`tiny:vl` / `tiny:text` -> a tiny random model built offline (cached by builder version and sizes);
+    anything else (a hub name or a local folder) as given."""
     name = cfg.model.name_or_path
     if not name.startswith("tiny:"):
         return name
-    from mhpo_vl import tiny_model
+    from mhpo_vl.tiny_model import cached_tiny_model
 
-    kind = name.split(":", 1)[1]
-    builders = {"vl": tiny_model.build_tiny_vl_model, "text": tiny_model.build_tiny_text_model}
-    if kind not in builders:
-        raise ValueError(f"model.name_or_path {name!r}: tiny models are 'tiny:vl' or 'tiny:text'")
-    overrides = dict(sorted(cfg.model.tiny_overrides.items()))
-    tag = "_".join(f"{k}{v}" for k, v in overrides.items()) or "default"
-    out = cache_root / f"tiny_{kind}_{tag}"
-    if not (out / "config.json").exists():
-        builders[kind](out, seed=0, **overrides)
-    return str(out)
+    return str(cached_tiny_model(name.split(":", 1)[1], cache_root, **cfg.model.tiny_overrides))
 
 
 class Trainer:
@@ -105,12 +97,11 @@ class Trainer:
 
         # Micro-batches per optimiser update must be fixed for DeepSpeed's accumulation counter.
         self.group_size = cfg.rollout.n
-        self.runtime_probe_world = _world_size_from_env()
-        self.local_prompts = t.rollout_batch_size // self.runtime_probe_world
-        self.local_minibatch_rows = (t.minibatch_size // self.runtime_probe_world) * self.group_size
-        if t.rollout_batch_size % self.runtime_probe_world or t.minibatch_size % self.runtime_probe_world:
+        world = _world_size_from_env()
+        if t.rollout_batch_size % world or t.minibatch_size % world:
             raise ValueError(f"trainer.rollout_batch_size ({t.rollout_batch_size}) and trainer.minibatch_size "
-                             f"({t.minibatch_size}) must be multiples of the number of processes ({self.runtime_probe_world})")
+                             f"({t.minibatch_size}) must be multiples of the number of processes ({world})")
+        self.local_minibatch_rows = (t.minibatch_size // world) * self.group_size
         micro_steps = math.ceil(self.local_minibatch_rows / t.micro_batch_size)
         self.rt = Runtime(device=t.device, deepspeed_config=t.deepspeed, micro_steps_per_update=micro_steps,
                           micro_batch_size=t.micro_batch_size,

@@ -4,7 +4,6 @@ Tests never touch the Hugging Face Hub: offline mode is forced before transforme
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -18,34 +17,10 @@ import pytest  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _tiny_model_cache_root() -> Path:
-    """<repo>/.cache/tiny_models/<hash of the builder source>: a changed builder gets a fresh folder."""
-    import mhpo_vl.tiny_model as tiny_model
-
-    source = Path(tiny_model.__file__).read_bytes()
-    return REPO_ROOT / ".cache" / "tiny_models" / hashlib.sha256(source).hexdigest()[:16]
-
-
 def _build_once(kind: str) -> Path:
-    """Build into a temp folder and rename into place, so a crashed or concurrent build never leaves a half folder."""
-    import tempfile
+    from mhpo_vl.tiny_model import cached_tiny_model
 
-    from mhpo_vl import tiny_model
-
-    target = _tiny_model_cache_root() / kind
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
-    builder = tiny_model.build_tiny_vl_model if kind == "vl" else tiny_model.build_tiny_text_model
-    builder(tmp, seed=0)
-    try:
-        tmp.rename(target)
-    except OSError:  # another session finished first; its build is byte-identical
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached_tiny_model(kind, REPO_ROOT / ".cache" / "tiny_models")
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,9 @@ def test_geometry3k_both_layouts_agree(fixtures_dir):
         assert a.metadata["answer_letter"] == b.metadata["answer_letter"] == rows[a.id]["ground_truth"]
         assert a.choices == b.choices and a.answer in a.choices
         assert a.answer_type == "multiple_choice" and a.split == "train"  # ids 11-20 lie in train (0-2100)
-        assert Path(a.images[0]) == Path(b.images[0]) == fixtures_dir / "geometry3k" / a.id / "img_diagram.png"
+        # Adapters resolve paths (symlinks included), so compare resolved paths.
+        expected = (fixtures_dir / "geometry3k" / a.id / "img_diagram.png").resolve()
+        assert Path(a.images[0]) == Path(b.images[0]) == expected
     # id 11: choices 30/40/60/80, letter D -> "80"; id 15: letter C -> "5 \sqrt { 3 }"
     assert (folders[0].answer, folders[0].metadata["answer_letter"]) == ("80", "D")
     assert folders[4].answer == "5 \\sqrt { 3 }"

@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mhpo-vl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mhpo-vl", description="RL post-training with MHPO (and GRPO, DAPO, GSPO, SAPO) for vision-language and text models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen subcommand's module is imported; the others get a stub parser for --help listings.
     chosen = next((a for a in argv if not a.startswith("-")), None)

@@ -33,11 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_index(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "checkpoints" / "index.json"
+    from mhpo_vl.checkpoint import CheckpointManager  # the trainer's checkpoint layout, in one place
+
+    checkpoints = CheckpointManager(run_dir)
+    path = checkpoints.root / "index.json"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint index at {path} (is {run_dir} a training run directory with checkpoints?)")
     try:
-        index = json.loads(path.read_text())
+        index = checkpoints.index()
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: corrupt JSON ({exc})") from None
     if not isinstance(index, dict) or not index.get("latest"):

@@ -175,8 +175,6 @@ class Trainer:
         return samples
 
     def _make_sampler(self, model_path: str):
-        from mhpo_vl.rollout.sampling import SamplingConfig  # noqa: F401  (used by callers)
-
         r = self.cfg.rollout
         if r.backend == "hf":
             from mhpo_vl.rollout.hf_sampler import HFSampler

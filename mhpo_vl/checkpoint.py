@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,27 +47,40 @@ class CheckpointManager:
         name = self.index().get("best")
         return self.root / name if name else None
 
-    def save(self, step: int, *, save_model, trainer_state: dict[str, Any], val_accuracy: float | None) -> Path:
-        """`save_model(folder)` writes the HF model folder; trainer_state is torch-saved beside it."""
+    def save(self, step: int, *, save_model: Callable[[Path], None], trainer_state: dict[str, Any],
+             val_accuracy: float | None, save_shards: Callable[[Path], None] | None = None, is_main: bool = True,
+             barrier: Callable[[], None] = lambda: None) -> Path:
+        """Write checkpoint `step`: `save_model(folder)` writes the HF model folder and trainer_state is torch-saved
+        beside it (main process); `save_shards(folder)`, when given, runs on EVERY process (DeepSpeed's
+        per-rank optimizer shards). With several processes every rank calls this, in three fenced phases:
+        main prepares the staging folder | all write into it | main renames it into place and updates the index.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:06d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_model(tmp)
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "val_accuracy": val_accuracy}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-
-        index = self.index()
-        index["latest"] = name
-        best_acc = index.get("best_val_accuracy")
-        if val_accuracy is not None and (best_acc is None or val_accuracy > best_acc):
-            index["best"], index["best_val_accuracy"] = name, val_accuracy
-        index.setdefault("history", []).append({"name": name, "step": step, "val_accuracy": val_accuracy})
-        self._write_index(index)
-        self._prune(index)
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        barrier()  # the staging folder exists (and is empty) before any rank writes into it
+        if save_shards is not None:
+            save_shards(tmp)
+        if is_main:
+            save_model(tmp)
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "val_accuracy": val_accuracy}, indent=1))
+        barrier()  # every rank's files are written before the folder becomes the checkpoint
+        if is_main:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            index = self.index()
+            index["latest"] = name
+            best_acc = index.get("best_val_accuracy")
+            if val_accuracy is not None and (best_acc is None or val_accuracy > best_acc):
+                index["best"], index["best_val_accuracy"] = name, val_accuracy
+            index.setdefault("history", []).append({"name": name, "step": step, "val_accuracy": val_accuracy})
+            self._write_index(index)
+            self._prune(index)
+        barrier()  # nobody reads index.json before it names the new checkpoint
         return final
 
     def _write_index(self, index: dict[str, Any]) -> None:

@@ -165,6 +165,12 @@ class RunConfig:
             (self.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32|bfloat16|float16, got {self.model.dtype!r}"),
             (t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto|cpu|cuda, got {t.device!r}"),
             (self.algorithm.kl_coef >= 0, "algorithm.kl_coef must be >= 0"),
+            # The warm-start steps the bare module with its own optimiser; DeepSpeed keeps its own (partitioned)
+            # master weights, which would overwrite those steps or, under ZeRO-3, not let them run at all.
+            (self.warmstart.steps == 0 or t.deepspeed is None,
+             f"warmstart.steps={self.warmstart.steps} cannot be combined with trainer.deepspeed={t.deepspeed}: the "
+             "warm-start is plain torch; run it without DeepSpeed and start RL from its checkpoint, or set "
+             "warmstart.steps=0"),
         ]
         for ok, message in checks:
             if not ok:

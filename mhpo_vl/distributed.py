@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
+
+from mhpo_vl.model import forward_replaced
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -65,12 +69,6 @@ class Runtime:
         ds["train_micro_batch_size_per_gpu"] = self.micro_batch_size
         ds.pop("train_batch_size", None)
         stage = ds.get("zero_optimization", {}).get("stage", 0)
-        if stage == 3:
-            # Seen on CPU/gloo (2 processes and 1): ZeRO-3 updates diverged from the single-process reference
-            # (cosine ~0.3) while ZeRO-2 matched to 1e-8, and the memory-lean lm_head reads a partitioned weight.
-            raise NotImplementedError(
-                f"{self.deepspeed_config}: DeepSpeed ZeRO-3 is not supported yet (its updates did not match the "
-                "single-process reference in tests/test_distributed.py); use configs/deepspeed/zero2.json")
         dtype = next(model.parameters()).dtype
         if ds.get("bf16", {}).get("enabled") == "auto":
             ds["bf16"]["enabled"] = dtype == torch.bfloat16
@@ -88,6 +86,22 @@ class Runtime:
 
     def unwrapped(self) -> torch.nn.Module:
         return self.model.module if self.uses_deepspeed else self.model
+
+    @property
+    def zero_stage(self) -> int:
+        return self.model.zero_optimization_stage() if self.uses_deepspeed else 0
+
+    def forward(self, fn: Callable[[torch.nn.Module], T]) -> T:
+        """`fn(model)` run as the model's forward pass (the trainer's memory-lean logprobs call submodules).
+
+        Under DeepSpeed the call goes through the engine, whose per-forward bookkeeping must run: ZeRO-3 counts
+        accumulation micro-steps there, and without it each backward overwrote the previous micro-batch's
+        gradient (measured: only the last micro-batch reached the update). The model's own hooks fire too."""
+        module = self.unwrapped()
+        if not self.uses_deepspeed:
+            return fn(module)
+        with forward_replaced(module, lambda: fn(module)):
+            return self.model()
 
     # ---- one update = several micro-batches -----------------------------------------------------------------
     def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
@@ -159,8 +173,24 @@ class Runtime:
 
     # ---- state ----------------------------------------------------------------------------------------------
     def full_state_dict(self, only: set[str] | None = None) -> dict[str, torch.Tensor]:
-        """The model's weights (`only`: just these names). ZeRO-2 keeps whole parameters on every rank."""
-        state = self.unwrapped().state_dict()
+        """The model's whole weights (`only`: just these names) on every rank. ZeRO-2 keeps whole parameters on
+        every rank; ZeRO-3 partitions them, so they are gathered one at a time into copies (a collective: every
+        rank must call this)."""
+        model = self.unwrapped()
+        if self.zero_stage == 3:
+            import deepspeed
+
+            out = {}
+            saved_names = model.state_dict().keys()  # names only: the tensors in it are the empty partitions
+            for name, param in model.named_parameters():
+                if only is None or name in only:
+                    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                        out[name] = param.detach().clone()
+            for name, buf in model.named_buffers():  # buffers are never partitioned
+                if (only is None or name in only) and name in saved_names:
+                    out[name] = buf.detach().clone()
+            return out
+        state = model.state_dict()
         return {n: t for n, t in state.items() if only is None or n in only}
 
     def optimizer_state(self) -> Any:
@@ -172,14 +202,19 @@ class Runtime:
         if state is not None and not self.uses_deepspeed:
             self.optimizer.load_state_dict(state)
 
-    def save_deepspeed_state(self, folder: str) -> None:
-        if self.uses_deepspeed:
-            self.model.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state")
+    def save_deepspeed_state(self, folder: str | os.PathLike) -> None:
+        """DeepSpeed's optimizer state (fp32 master weights, Adam moments), each rank its own shard: a collective."""
+        self.model.save_checkpoint(os.path.join(folder, "deepspeed"), tag="state", exclude_frozen_parameters=True)
 
-    def load_deepspeed_state(self, folder: str) -> None:
+    def load_deepspeed_state(self, folder: str | os.PathLike) -> None:
         if self.uses_deepspeed:
-            self.model.load_checkpoint(os.path.join(folder, "deepspeed"), tag="state",
-                                       load_module_strict=False)
+            path = os.path.join(folder, "deepspeed")
+            if not os.path.isdir(os.path.join(path, "state")):
+                raise FileNotFoundError(f"{folder}: no DeepSpeed state under deepspeed/state; this checkpoint was not "
+                                        "written by a DeepSpeed run (resume it with the same trainer.deepspeed)")
+            loaded_from, _ = self.model.load_checkpoint(path, tag="state", load_module_strict=False)
+            if loaded_from is None:
+                raise RuntimeError(f"DeepSpeed could not load its state from {path}")
 
 
 def _hidden_size(model: torch.nn.Module) -> int:

@@ -13,9 +13,10 @@ sampler's distribution further; the trainer does not, so keep them at 1 for on-p
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -108,6 +109,24 @@ def vision_token_ids(config_or_tokenizer: Any) -> list[int]:
 
 
 # ------------------------------------------------------------------ chunked log-probabilities
+
+
+@contextlib.contextmanager
+def forward_replaced(module: torch.nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """Make ``module(...)`` run ``forward`` for the duration, with the module's hooks still around it.
+
+    Wrappers that manage parameters through module hooks (DeepSpeed ZeRO-3 gathers a module's partitioned weights
+    in its forward pre-hook and again before its backward) then treat a computation of ours as that module's
+    forward. A forward already set on the instance (accelerate's device hooks do that) is put back afterwards."""
+    own = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -229,9 +248,16 @@ def chunked_lm_head_logprobs(
         if suppressed_token_ids
         else None
     )
-    logprobs_M, entropy_M = _ChunkedLMHeadLogprobs.apply(
-        hidden_MH, lm_head.weight, lm_head.bias, targets_M, chunk_size, float(temperature), suppressed, with_entropy
-    )
+
+    def as_lm_head_forward(h_MH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _ChunkedLMHeadLogprobs.apply(
+            h_MH, lm_head.weight, lm_head.bias, targets_M, chunk_size, float(temperature), suppressed, with_entropy
+        )
+
+    # Run as the lm_head's own forward so that module hooks wrap it: DeepSpeed ZeRO-3 gathers the partitioned
+    # weight around the module's forward and backward and accumulates its gradient while the weight is whole.
+    with forward_replaced(lm_head, as_lm_head_forward):
+        logprobs_M, entropy_M = lm_head(hidden_MH)
     return logprobs_M, (entropy_M if with_entropy else None)
 
 

@@ -319,7 +319,7 @@ class Trainer:
         for lo in range(0, n, mb):
             rows = list(range(lo, min(n, lo + mb)))
             batch = self._batch(rollouts, rows)
-            lp_NT, ent_NT = self._logprobs(model, batch, with_entropy=True)
+            lp_NT, ent_NT = self.rt.forward(lambda m: self._logprobs(m, batch, with_entropy=True))
             mask = batch.response_mask_NT
             ent_sum += float((ent_NT * mask).sum())
             ent_count += float(mask.sum())
@@ -417,8 +417,7 @@ class Trainer:
 
     def _micro_loss(self, rollouts: Rollouts, rows: list[int], g_tokens: float, g_seqs: float):
         batch = self._batch(rollouts, rows)
-        # The HF module itself, not a DeepSpeed engine (whose `.config` is its own): ZeRO hooks live on the module.
-        logprobs_NT, _ = self._logprobs(self.rt.unwrapped(), batch)
+        logprobs_NT, _ = self.rt.forward(lambda m: self._logprobs(m, batch))
         T = logprobs_NT.shape[1]
         old_NT = _pad_rows([rollouts.old_logprobs[i] for i in rows], T).to(logprobs_NT.device)
         ref_NT = None
@@ -489,19 +488,16 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "summary_extra": self.summary_extra,
         }
+        # Under DeepSpeed the module's own tensors may be partitioned (ZeRO-3): gather them (all ranks take part).
         full = self.rt.full_state_dict() if self.rt.uses_deepspeed else None
 
         def save_model(folder: Path) -> None:
-            model = self.rt.unwrapped()
-            model.save_pretrained(folder, state_dict=full, safe_serialization=True)
+            self.rt.unwrapped().save_pretrained(folder, state_dict=full, safe_serialization=True)
             self.policy.processor.save_pretrained(folder)
-            self.rt.save_deepspeed_state(str(folder))
 
-        if self.rt.is_main:
-            self.ckpt.save(self.step_idx, save_model=save_model, trainer_state=state, val_accuracy=val_accuracy)
-        elif self.rt.uses_deepspeed:
-            self.rt.save_deepspeed_state(str(self.ckpt.root / f".tmp-step_{self.step_idx:06d}"))
-        self.rt.barrier()
+        self.ckpt.save(self.step_idx, save_model=save_model, trainer_state=state, val_accuracy=val_accuracy,
+                       save_shards=self.rt.save_deepspeed_state if self.rt.uses_deepspeed else None,
+                       is_main=self.rt.is_main, barrier=self.rt.barrier)
 
     def _restore(self, checkpoint: Path) -> None:
         state = CheckpointManager.load_trainer_state(checkpoint)

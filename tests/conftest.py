@@ -47,3 +47,15 @@ def fixtures_dir() -> Path:
             "set MHPO_VL_FIXTURES to the folder holding geometry3k/, mathvista/, ..."
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def warm_tiny_vl_model_dir(tiny_vl_model_dir) -> Path:
+    """The tiny Qwen2.5-VL after a short SFT warm-start (see run_helpers.build_warm_model): RL updates on it are
+    not zero. Built once per tiny-model builder version and warm-start length."""
+    from run_helpers import WARM_START_STEPS, build_warm_model
+
+    target = tiny_vl_model_dir.parent / f"vl_warm{WARM_START_STEPS}"
+    if not (target / "config.json").is_file():
+        build_warm_model(tiny_vl_model_dir, target)
+    return target

@@ -45,6 +45,8 @@ def test_wrong_types_and_invalid_values_are_errors():
         load_config(None, ["algorithm.loss_params={c: -1.0}"])
     with pytest.raises(ValueError, match="unknown loss"):
         load_config(None, ["algorithm.loss=ppo2"])
+    with pytest.raises(ConfigError, match=r"warmstart.steps=5 cannot be combined with trainer.deepspeed=.*zero2"):
+        load_config(None, ["warmstart.steps=5", "trainer.deepspeed=configs/deepspeed/zero2.json"])
 
 
 def test_overrides_keep_other_defaults_and_parse_yaml_scalars(tmp_path):

@@ -8,6 +8,7 @@ from encode_helpers import encode_image_prompt, encode_text_prompt, make_batch, 
 from mhpo_vl.model import (
     VisionTowerNotFoundError,
     chunked_lm_head_logprobs,
+    forward_replaced,
     freeze_vision_tower,
     load_policy,
     per_token_logprobs,
@@ -174,3 +175,34 @@ def test_suppressed_token_in_a_response_is_a_clear_error(vl_policy):
     batch = make_batch([prompt, prompt], [[5, 6], [7, image_pad, 8]], tok.pad_token_id)
     with pytest.raises(ValueError, match=rf"response row 1 holds suppressed token id {image_pad} at response position 1"):
         per_token_logprobs(vl_policy.model, batch, suppressed_token_ids=vision_token_ids(tok))
+
+
+def test_chunked_logprobs_run_as_the_lm_head_forward_so_its_hooks_wrap_them():
+    """ZeRO-3 gathers a module's weight in its forward pre-hook and before its backward: the chunked computation
+    must be a call of the lm_head module (hooks fire once, forward and backward), and leave its forward as it was."""
+    torch.manual_seed(0)
+    lm_head = torch.nn.Linear(8, 11, bias=False)
+    calls = []
+    lm_head.register_forward_pre_hook(lambda m, args: calls.append("pre"))
+    lm_head.register_full_backward_pre_hook(lambda m, grad: calls.append("backward"))
+    hidden = torch.randn(5, 8, requires_grad=True)
+    targets = torch.randint(0, 11, (5,))
+    logprobs, _ = chunked_lm_head_logprobs(hidden, lm_head, targets, chunk_size=2)
+    logprobs.sum().backward()
+    assert calls == ["pre", "backward"]
+    expected = torch.log_softmax(hidden.detach() @ lm_head.weight.detach().T, -1).gather(1, targets[:, None])[:, 0]
+    torch.testing.assert_close(logprobs.detach(), expected)
+    assert "forward" not in lm_head.__dict__  # the class's forward again
+    torch.testing.assert_close(lm_head(hidden), hidden @ lm_head.weight.T)
+
+
+def test_forward_replaced_puts_back_a_forward_set_on_the_instance():
+    module = torch.nn.Identity()
+    own = lambda x: x + 1  # noqa: E731  (accelerate's device hooks set module.forward like this)
+    module.forward = own
+    with forward_replaced(module, lambda x: x * 10):
+        assert module(torch.tensor(2.0)) == 20
+    assert module.forward is own and module(torch.tensor(2.0)) == 3
+    with pytest.raises(RuntimeError, match="boom"), forward_replaced(module, lambda x: (_ for _ in ()).throw(RuntimeError("boom"))):
+        module(torch.tensor(1.0))
+    assert module.forward is own

@@ -1,11 +1,7 @@
 """End-to-end RL runs on the tiny Qwen2.5-VL: vLLM rollouts, MHPO updates, weight sync, checkpoints, metrics,
 frozen vision tower, kill-and-resume. Slow (vLLM engines on CPU)."""
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,26 +9,7 @@ import torch
 
 from mhpo_vl.config import load_config
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def small_overrides(model_dir, out_dir, **extra):
-    base = {
-        "model.name_or_path": str(model_dir), "model.dtype": "float32", "model.gradient_checkpointing": "false",
-        "data.train": "{name: geosynth, split: train, options: {n: 64, seed: 0, difficulty: 0}}",
-        "data.val": "{name: geosynth, split: val, options: {n: 8, seed: 0, difficulty: 0}}",
-        "data.template": "direct_boxed", "data.max_prompt_length": "256",
-        "data.min_pixels": "null", "data.max_pixels": "null",
-        "rollout.n": "4", "rollout.max_tokens": "6", "rollout.top_p": "1.0", "rollout.val_n": "2",
-        "rollout.val_temperature": "1.0",
-        "reward.require_think": "false", "reward.num_workers": "1",
-        "optim.lr": "1e-3", "trainer.rollout_batch_size": "4", "trainer.minibatch_size": "2",
-        "trainer.micro_batch_size": "4", "trainer.total_steps": "4", "trainer.val_every": "2",
-        "trainer.save_every": "2", "trainer.device": "cpu", "trainer.num_threads": "1",
-        "trainer.output_dir": str(out_dir),
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+from run_helpers import REPO, assert_resumed_run_matches, kill_after_checkpoint, read_metrics, run_ok, small_overrides
 
 
 @pytest.mark.slow
@@ -179,51 +156,23 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, tiny_v
     trainer.close()
 
 
-def _metrics(run_dir):
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
-def test_killed_run_resumes_exactly(tmp_path, tiny_vl_model_dir):
+def test_killed_run_resumes_exactly(tmp_path, warm_tiny_vl_model_dir):
     """Run A trains 4 steps uninterrupted. Run B is SIGKILLed after its step-2 checkpoint, then the same command
     resumes it: steps 3-4 of B must equal A's (rewards exactly; losses to float tolerance)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
 
     def command(out):
         return [sys.executable, "-m", "mhpo_vl.cli", "train", "--config", str(config),
-                *small_overrides(tiny_vl_model_dir, out)]
+                *small_overrides(warm_tiny_vl_model_dir, out)]
 
     a, b = tmp_path / "a", tmp_path / "b"
-    done = subprocess.run(command(a), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-5000:]
-    proc = subprocess.Popen(command(b), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    index = b / "checkpoints" / "index.json"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if index.exists() and json.loads(index.read_text()).get("latest") == "step_000002":
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "run B finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_rows = _metrics(b)
-    assert max(r["step"] for r in killed_rows) in (2, 3)
-    resumed = subprocess.run(command(b), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-5000:]
-    rows_a = [r for r in _metrics(a) if "reward/mean" in r]
-    rows_b = [r for r in _metrics(b) if "reward/mean" in r]
-    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
-    for ra, rb in zip(rows_a, rows_b):
-        for key in ("reward/mean", "reward/accuracy", "response/length_mean", "groups/zero_variance"):
-            assert ra[key] == rb[key], (ra["step"], key, ra[key], rb[key])
-        for key in ("loss/total", "grad_norm", "response/entropy", "loss/ratio_max"):
-            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7), (ra["step"], key)
-    summary_a = json.loads((a / "summary.json").read_text())
-    summary_b = json.loads((b / "summary.json").read_text())
-    assert summary_b["resumed_from"].endswith("step_000002")
-    assert summary_a["val_history"] == summary_b["val_history"]
+    run_ok(command(a))
+    kill_after_checkpoint(command(b), b, step=2)
+    assert max(r["step"] for r in read_metrics(b)) in (2, 3)
+    run_ok(command(b))
+    assert_resumed_run_matches(a, b, resumed_from_step=2, steps=4)
 
 
 @pytest.mark.slow

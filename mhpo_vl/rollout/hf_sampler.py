@@ -45,6 +45,11 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(self, prompts: list[EncodedPrompt], config: SamplingConfig) -> list[list[Completion]]:
+        if _zero3_partitioned(self.model) and torch.distributed.get_world_size() > 1:
+            # Every ZeRO-3 forward gathers weights with a collective, and generate() runs as many forwards as
+            # its longest answer, different on each rank: the ranks would wait on each other forever.
+            raise RuntimeError("the HF sampler cannot generate under DeepSpeed ZeRO-3 with several processes; use "
+                               "rollout.backend=vllm (or ZeRO-2)")
         was_training = self.model.training
         self.model.eval()
         try:
@@ -108,3 +113,7 @@ class HFSampler:
 
     def wake_up(self) -> None:
         pass
+
+
+def _zero3_partitioned(model: torch.nn.Module) -> bool:
+    return torch.distributed.is_initialized() and any(hasattr(p, "ds_id") for p in model.parameters())

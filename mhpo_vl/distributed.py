@@ -160,6 +160,12 @@ class Runtime:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         return t.tolist()
 
+    def all_agree(self, flag: bool) -> bool:
+        """True only if `flag` is true on every rank (one small all-reduce)."""
+        if self.world_size == 1:
+            return flag
+        return self.all_reduce_sum([0.0 if flag else 1.0])[0] == 0.0
+
     def all_gather_objects(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
             return [obj]

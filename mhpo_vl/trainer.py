@@ -369,10 +369,11 @@ class Trainer:
                     last = k == len(micro) - 1
                     out = self._micro_loss(rollouts, mrows, g_tokens, g_seqs)
                     minibatch_loss += float(out.loss.detach())
-                    if bool(torch.isfinite(out.loss)):
+                    # Every rank must take the same path: a backward (DeepSpeed reduces gradients inside it) or
+                    # an optimiser step on some ranks but not others would leave the others waiting forever.
+                    finite = finite and self.rt.all_agree(bool(torch.isfinite(out.loss)))
+                    if finite:
                         self.rt.backward(out.loss, last)
-                    else:
-                        finite = False
                     for name, value in out.metrics.items():
                         v = float(value)
                         if name.endswith("_max"):

@@ -2,15 +2,17 @@
 
 Each rank takes its share of the same 4 prompts x 2 responses; rewards, advantages, old logprobs and the update
 run through the real Trainer (HF sampler so no vLLM engine is needed). Writes <out>/rank<r>.pt with the trainable
-weights after the updates and the minibatch losses (summed over ranks).
+weights after the updates, the minibatch losses (summed over ranks) and the count of skipped updates. With a 4th
+argument "nan", rank 0's first micro-batch loss is made NaN.
 """
+import dataclasses
 import os
 import sys
 
 import torch
 
 
-def main(out_dir: str, model_dir: str, deepspeed: str) -> None:
+def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "finite") -> None:
     from mhpo_vl.config import load_config
     from mhpo_vl.trainer import Rollouts, Trainer
     from mhpo_vl.types import Completion
@@ -34,6 +36,19 @@ def main(out_dir: str, model_dir: str, deepspeed: str) -> None:
     cfg = load_config(None, overrides)
     trainer = Trainer(cfg)
     rank, world = trainer.rt.rank, trainer.rt.world_size
+    if nan_first_micro == "nan" and rank == 0:
+        # Rank 0's very first micro-batch loss is NaN: every rank must skip that whole minibatch together.
+        real_micro_loss, calls = trainer._micro_loss, []
+
+        def micro_loss(*args):
+            out = real_micro_loss(*args)
+            calls.append(1)
+            if len(calls) == 1:
+                out = dataclasses.replace(out, loss=out.loss * float("nan"))
+            return out
+
+        trainer._micro_loss = micro_loss
+    skipped = 0
     samples = trainer.train_samples[:4]
     tok = trainer.policy.tokenizer
     losses = []
@@ -52,14 +67,14 @@ def main(out_dir: str, model_dir: str, deepspeed: str) -> None:
         trainer.score(rollouts)
         trainer.compute_advantages(rollouts)
         trainer.compute_old_logprobs(rollouts)
-        trainer.update(rollouts)
+        skipped += trainer.update(rollouts)["updates/skipped_nonfinite"]
         losses.extend(trainer.last_update_losses)
     model = trainer.rt.unwrapped()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {n: t.float().cpu() for n, t in trainer.rt.full_state_dict(only=trainable).items()}
-    torch.save({"weights": weights, "losses": losses, "world": world}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"weights": weights, "losses": losses, "world": world, "skipped": skipped}, os.path.join(out_dir, f"rank{rank}.pt"))
     trainer.close()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

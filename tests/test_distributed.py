@@ -14,25 +14,28 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "dist_worker.py"
 
 
-def _run(out: Path, model_dir: Path, deepspeed: str, nproc: int) -> None:
+def _run(out: Path, model_dir: Path, deepspeed: str, nproc: int, losses: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if nproc == 1:
-        cmd = [sys.executable, str(WORKER), str(out), str(model_dir), deepspeed]
+        cmd = [sys.executable, str(WORKER), str(out), str(model_dir), deepspeed, losses]
         env.pop("WORLD_SIZE", None)
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(29500 + os.getpid() % 1000), str(WORKER), str(out), str(model_dir), deepspeed]
+               str(29500 + os.getpid() % 1000), str(WORKER), str(out), str(model_dir), deepspeed, losses]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("losses", ["finite", "nan"])
 @pytest.mark.parametrize("deepspeed", ["none", "configs/deepspeed/zero2.json", "configs/deepspeed/zero3.json"])
-def test_two_ranks_match_each_other_and_the_single_process(tmp_path, tiny_vl_model_dir, deepspeed):
+def test_two_ranks_match_each_other_and_the_single_process(tmp_path, tiny_vl_model_dir, deepspeed, losses):
+    """With losses="nan", rank 0's first micro-batch loss is NaN: both ranks must skip that minibatch (one rank
+    stepping alone would hang the other), and the result must equal the single process skipping it."""
     single, double = tmp_path / "single", tmp_path / "double"
     single.mkdir(), double.mkdir()
-    _run(single, tiny_vl_model_dir, "none", 1)
-    _run(double, tiny_vl_model_dir, deepspeed, 2)
+    _run(single, tiny_vl_model_dir, "none", 1, losses)
+    _run(double, tiny_vl_model_dir, deepspeed, 2, losses)
     one = torch.load(single / "rank0.pt")
     r0, r1 = torch.load(double / "rank0.pt"), torch.load(double / "rank1.pt")
     assert r0["world"] == r1["world"] == 2 and one["world"] == 1
@@ -48,8 +51,12 @@ def test_two_ranks_match_each_other_and_the_single_process(tmp_path, tiny_vl_mod
             moved += 1
     assert moved >= 0.9 * len(one["weights"])  # the updates really changed the weights
     assert len(one["losses"]) == len(r0["losses"]) == 4  # 2 steps x 2 epochs
-    assert abs(one["losses"][1]) > 1e-6  # the off-policy epoch has a real loss to compare
-    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-6)
+    assert abs(one["losses"][3]) > 1e-6  # the off-policy epoch of the second update has a real loss to compare
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-6,
+                               equal_nan=True)
+    skipped = 1 if losses == "nan" else 0
+    assert one["skipped"] == r0["skipped"] == r1["skipped"] == skipped
+    assert (torch.tensor(one["losses"]).isnan().tolist() == [True, False, False, False]) == (losses == "nan")
 
 
 @pytest.mark.slow

@@ -211,7 +211,7 @@ class Trainer:
         with timer("advantages"):
             adv_metrics = self.compute_advantages(rollouts)
             if self.cfg.algorithm.dynamic_sampling:
-                rollouts, refill_metrics = self.refill_dynamic(rollouts, timer)
+                rollouts, refill_metrics = self.refill_dynamic(rollouts)
                 adv_metrics.update(refill_metrics)
         with timer("old_logprobs"):
             self.sampler.sleep()
@@ -255,7 +255,7 @@ class Trainer:
         return {"groups/zero_variance": float(count_zero_variance_groups(rewards_BK)),
                 "groups/count": float(rewards_BK.shape[0])}
 
-    def refill_dynamic(self, rollouts: Rollouts, timer: PhaseTimer) -> tuple[Rollouts, dict[str, float]]:
+    def refill_dynamic(self, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
         """DAPO dynamic sampling: keep only groups whose rewards differ; sample more prompts until the batch is
         full again (or `max_refill_rounds` is reached, then the batch is topped up with the kept groups repeated
         so the update size stays fixed — counted in the metrics)."""
@@ -263,9 +263,13 @@ class Trainer:
         want = len(rollouts) // K
         kept = _informative_groups(rollouts)
         rounds = 0
-        while len(kept) < want and rounds < self.cfg.algorithm.max_refill_rounds:
+        # Every rank runs the same number of rounds and draws its share of each round's prompts, full or not, so
+        # the prompt order (one sequence for all ranks) stays in step.
+        while rounds < self.cfg.algorithm.max_refill_rounds and not self.rt.all_agree(len(kept) >= want):
             rounds += 1
             extra_samples = self.next_prompts()
+            if len(kept) >= want:
+                continue
             extra = self.generate(self.encoder.encode(extra_samples))
             self.score(extra)
             self.compute_advantages(extra)

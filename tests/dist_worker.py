@@ -69,11 +69,40 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
         trainer.compute_old_logprobs(rollouts)
         skipped += trainer.update(rollouts)["updates/skipped_nonfinite"]
         losses.extend(trainer.last_update_losses)
+    refill = None
+    if deepspeed == "none":  # (the HF sampler cannot generate under multi-rank ZeRO-3; refill is not DeepSpeed's)
+        refill = _refill_where_only_rank1_needs_it(trainer, samples, tok)
     model = trainer.rt.unwrapped()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {n: t.float().cpu() for n, t in trainer.rt.full_state_dict(only=trainable).items()}
-    torch.save({"weights": weights, "losses": losses, "world": world, "skipped": skipped}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"weights": weights, "losses": losses, "world": world, "skipped": skipped, "refill": refill,
+                "order": trainer.order.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
     trainer.close()
+
+
+def _refill_where_only_rank1_needs_it(trainer, samples, tok):
+    """DAPO dynamic sampling: rank 0's groups all have reward variance, rank 1's none (both answers wrong), so
+    only rank 1 needs refill rounds; every rank must still draw each round's prompts to keep the order in step."""
+    from mhpo_vl.trainer import Rollouts
+    from mhpo_vl.types import Completion
+
+    rank, world = trainer.rt.rank, trainer.rt.world_size
+    trainer.cfg.algorithm.max_refill_rounds = 2
+    mine = samples[rank::world]
+    prompts = trainer.encoder.encode(mine)
+    rows_p, rows_c = [], []
+    for s, p in zip(mine, prompts):
+        for k in range(2):
+            answer = s.answer if (k == 0 and rank == 0) else str(int(s.answer) + 1 + k)
+            rows_p.append(p)
+            text = f"\\boxed{{{answer}}}"
+            rows_c.append(Completion(text=text, token_ids=tok.encode(text, add_special_tokens=False),
+                                     sampler_logprobs=None, finish_reason="stop"))
+    rollouts = Rollouts(rows_p, rows_c, 2)
+    trainer.score(rollouts)
+    trainer.compute_advantages(rollouts)
+    _, refill = trainer.refill_dynamic(rollouts)
+    return refill
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ def test_two_ranks_match_each_other_and_the_single_process(tmp_path, tiny_vl_mod
     skipped = 1 if losses == "nan" else 0
     assert one["skipped"] == r0["skipped"] == r1["skipped"] == skipped
     assert (torch.tensor(one["losses"]).isnan().tolist() == [True, False, False, False]) == (losses == "nan")
+    if deepspeed == "none":  # DAPO refill where only rank 1 lacks informative groups: both ranks run its rounds
+        assert one["refill"]["dynamic_sampling/refill_rounds"] == 0
+        assert r0["refill"]["dynamic_sampling/refill_rounds"] == r1["refill"]["dynamic_sampling/refill_rounds"] == 2
+        assert r0["order"] == r1["order"]  # the shared prompt order stayed in step
 
 
 @pytest.mark.slow

@@ -103,7 +103,7 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills(tmp_path, tiny_vl
     """DAPO dynamic sampling: groups with equal rewards are dropped; new prompts are sampled (here by the real HF
     sampler, whose random-model answers are all wrong, so they add nothing) and the batch is topped up to its
     size with the informative groups repeated, counted in the metrics."""
-    from mhpo_vl.trainer import PhaseTimer, Rollouts, Trainer
+    from mhpo_vl.trainer import Rollouts, Trainer
     from mhpo_vl.types import Completion
 
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
@@ -123,7 +123,7 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills(tmp_path, tiny_vl
     rollouts = Rollouts(prompts, completions, 2)
     trainer.score(rollouts)
     trainer.compute_advantages(rollouts)
-    merged, metrics = trainer.refill_dynamic(rollouts, PhaseTimer())
+    merged, metrics = trainer.refill_dynamic(rollouts)
     trainer.close()
     assert len(merged) == len(rollouts) == 8
     assert metrics == {"dynamic_sampling/refill_rounds": 1.0, "dynamic_sampling/padded_groups": 2.0}

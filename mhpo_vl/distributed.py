@@ -6,7 +6,9 @@ the whole minibatch across all ranks, see mhpo_vl.losses), so the gradient we wa
 and ranks. Without DeepSpeed the model is not wrapped (the trainer calls its submodules directly for the
 memory-lean logprobs, which DDP's forward hooks would not see); gradients are summed over ranks with one
 all-reduce before clipping. DeepSpeed averages over ranks and divides by its accumulation steps, so `backward`
-multiplies the loss by the factor that undoes exactly that.
+multiplies the loss by the factor that undoes exactly that. Under DeepSpeed the trainer's forward computations go
+through the engine (`Runtime.forward`) and ZeRO-3's partitioned weights are gathered where whole tensors are
+needed (weight sync, checkpoints); see docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -68,7 +70,6 @@ class Runtime:
         ds["gradient_clipping"] = self.max_grad_norm
         ds["train_micro_batch_size_per_gpu"] = self.micro_batch_size
         ds.pop("train_batch_size", None)
-        stage = ds.get("zero_optimization", {}).get("stage", 0)
         dtype = next(model.parameters()).dtype
         if ds.get("bf16", {}).get("enabled") == "auto":
             ds["bf16"]["enabled"] = dtype == torch.bfloat16

@@ -45,6 +45,8 @@ class Rollouts:
     old_logprobs: list[torch.Tensor] = field(default_factory=list)  # [N] of [T_i]
     ref_logprobs: list[torch.Tensor] | None = None
     entropy_mean: float = float("nan")
+    logprob_diff_mean: float = float("nan")  # |sampler - trainer| logprob per token (see _compare_sampler_logprobs)
+    logprob_diff_max: float = float("nan")
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -334,6 +336,7 @@ class Trainer:
                 old.append(lp_NT[j, :t_i].float().cpu())
                 if self.ref_model is not None:
                     ref.append(ref_NT[j, :t_i].float().cpu())
+        self._compare_sampler_logprobs(rollouts, old)
         if self.cfg.rollout.use_sampler_logprobs:
             old = []
             for c in rollouts.completions:
@@ -344,6 +347,21 @@ class Trainer:
         rollouts.ref_logprobs = ref if self.ref_model is not None else None
         rollouts.entropy_mean = ent_sum / max(ent_count, 1.0)
         model.train(was_training)
+
+    def _compare_sampler_logprobs(self, rollouts: Rollouts, trainer_logprobs: list[torch.Tensor]) -> None:
+        """|sampler logprob - trainer logprob| over every sampled token, all ranks: the two compute the same
+        distribution from the same weights, so this is float error (~1e-6 in float32) unless the weight sync or
+        the numerics broke. NaN when the sampler reported no logprobs."""
+        total, count, largest = 0.0, 0, 0.0
+        for c, mine in zip(rollouts.completions, trainer_logprobs):
+            if c.sampler_logprobs is None or not len(c.sampler_logprobs):
+                continue
+            diff = (torch.tensor(c.sampler_logprobs, dtype=torch.float32) - mine).abs()
+            total, count, largest = total + float(diff.sum()), count + diff.numel(), max(largest, float(diff.max()))
+        total, count = self.rt.all_reduce_sum([total, count])
+        largest = max(self.rt.all_gather_objects(largest))
+        rollouts.logprob_diff_mean = total / count if count else float("nan")
+        rollouts.logprob_diff_max = largest if count else float("nan")
 
     # --------------------------------------------------------------------------------------------- update ---
     def update(self, rollouts: Rollouts) -> dict[str, float]:
@@ -477,6 +495,7 @@ class Trainer:
             "response/length_mean": len_sum / n, "response/length_max": float(lengths.max()),
             "response/truncated_fraction": truncated / n, "response/entropy": rollouts.entropy_mean,
             "advantage/abs_mean": float(rollouts.advantages_N.abs().mean()),
+            "rollout/logprob_diff_mean": rollouts.logprob_diff_mean, "rollout/logprob_diff_max": rollouts.logprob_diff_max,
             **adv, **upd,
             **{f"timing/{k}_s": v for k, v in timer.seconds.items()}, "timing/step_s": seconds,
             "throughput/tokens_per_s": (len_sum + p_tok) / seconds,

@@ -66,6 +66,10 @@ def assert_resumed_run_matches(uninterrupted: Path, resumed: Path, *, resumed_fr
     rows_a = [r for r in read_metrics(uninterrupted) if "reward/mean" in r]
     rows_b = [r for r in read_metrics(resumed) if "reward/mean" in r]
     assert [r["step"] for r in rows_b] == list(range(1, steps + 1))
+    # vLLM's logprobs of its own samples equal the trainer's (float32): each weight sync, also after the resume,
+    # put the trainer's weights into the engine (a skipped sync shows up as differences of ~1).
+    for r in rows_a + rows_b:
+        assert r["rollout/logprob_diff_max"] < 1e-4, (r["step"], r["rollout/logprob_diff_max"])
     # Only real updates after the resume point can show a lost optimizer state (zero gradients leave Adam inert).
     assert any(r["grad_norm"] > 1e-4 for r in rows_a if r["step"] > resumed_from_step), rows_a
     for ra, rb in zip(rows_a, rows_b):

@@ -8,14 +8,14 @@ memory-lean logprobs, which DDP's forward hooks would not see); gradients are su
 all-reduce before clipping. DeepSpeed averages over ranks and divides by its accumulation steps, so `backward`
 multiplies the loss by the factor that undoes exactly that. Under DeepSpeed the trainer's forward computations go
 through the engine (`Runtime.forward`) and ZeRO-3's partitioned weights are gathered where whole tensors are
-needed (weight sync, checkpoints); see docs/distributed.md.
+needed (`iter_full_weights`: weight sync, checkpoints); see docs/distributed.md.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
 
@@ -179,26 +179,30 @@ class Runtime:
             torch.distributed.barrier()
 
     # ---- state ----------------------------------------------------------------------------------------------
-    def full_state_dict(self, only: set[str] | None = None) -> dict[str, torch.Tensor]:
-        """The model's whole weights (`only`: just these names) on every rank. ZeRO-2 keeps whole parameters on
-        every rank; ZeRO-3 partitions them, so they are gathered one at a time into copies (a collective: every
-        rank must call this)."""
-        model = self.unwrapped()
-        if self.zero_stage == 3:
-            import deepspeed
+    def iter_full_weights(self, only: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, whole tensor) for each of the model's weights (`only`: just these names), one at a time.
 
-            out = {}
-            saved_names = model.state_dict().keys()  # names only: the tensors in it are the empty partitions
-            for name, param in model.named_parameters():
+        Without ZeRO-3 the tensors are the model's own. ZeRO-3 partitions them, so each is gathered into a copy
+        as it is reached: the extra memory is one tensor plus what the consumer keeps (the vLLM weight sync keeps
+        nothing; a checkpoint keeps CPU copies on the main process). Under ZeRO-3 this is a collective: every
+        rank must run through the whole iterator."""
+        model = self.unwrapped()
+        if self.zero_stage != 3:
+            for name, tensor in model.state_dict().items():
                 if only is None or name in only:
-                    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                        out[name] = param.detach().clone()
-            for name, buf in model.named_buffers():  # buffers are never partitioned
-                if (only is None or name in only) and name in saved_names:
-                    out[name] = buf.detach().clone()
-            return out
-        state = model.state_dict()
-        return {n: t for n, t in state.items() if only is None or n in only}
+                    yield name, tensor
+            return
+        import deepspeed
+
+        saved_names = model.state_dict().keys()  # names only: the tensors in it are the empty partitions
+        for name, param in model.named_parameters():
+            if only is None or name in only:
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    whole = param.detach().clone()
+                yield name, whole
+        for name, buf in model.named_buffers():  # buffers are never partitioned
+            if (only is None or name in only) and name in saved_names:
+                yield name, buf.detach()
 
     def optimizer_state(self) -> Any:
         if self.uses_deepspeed:

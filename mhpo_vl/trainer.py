@@ -457,8 +457,7 @@ class Trainer:
         if self.cfg.rollout.backend == "hf":
             return  # the HF sampler shares the trainer's model object
         trainable = {n for n, p in self.rt.unwrapped().named_parameters() if p.requires_grad}
-        named = list(self.rt.full_state_dict(only=trainable).items())
-        self.sampler.load_weights(named)
+        self.sampler.load_weights(self.rt.iter_full_weights(only=trainable))  # streamed: one tensor at a time
 
     # ------------------------------------------------------------------------------------------ validate ----
     def validate(self) -> dict[str, float]:
@@ -512,8 +511,14 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "summary_extra": self.summary_extra,
         }
-        # Under DeepSpeed the module's own tensors may be partitioned (ZeRO-3): gather them (all ranks take part).
-        full = self.rt.full_state_dict() if self.rt.uses_deepspeed else None
+        full = None
+        if self.rt.uses_deepspeed:  # the module's own tensors may be partitioned (ZeRO-3): every rank gathers
+            weights = self.rt.iter_full_weights()
+            if self.rt.is_main:
+                full = {name: tensor.to("cpu") for name, tensor in weights}
+            else:
+                for _ in weights:
+                    pass
 
         def save_model(folder: Path) -> None:
             self.rt.unwrapped().save_pretrained(folder, state_dict=full, safe_serialization=True)

@@ -74,7 +74,7 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
         refill = _refill_where_only_rank1_needs_it(trainer, samples, tok)
     model = trainer.rt.unwrapped()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    weights = {n: t.float().cpu() for n, t in trainer.rt.full_state_dict(only=trainable).items()}
+    weights = {n: t.float().cpu() for n, t in trainer.rt.iter_full_weights(only=trainable)}
     torch.save({"weights": weights, "losses": losses, "world": world, "skipped": skipped, "refill": refill,
                 "order": trainer.order.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
     trainer.close()

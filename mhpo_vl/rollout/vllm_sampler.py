@@ -195,22 +195,31 @@ class VLLMSampler:
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Copy new weights (HF checkpoint names, e.g. ``model.named_parameters()``) into the live engine.
 
-        A subset is fine (e.g. the LM weights only when the vision tower is frozen). Returns the tensors sent.
+        A subset is fine (e.g. the LM weights only when the vision tower is frozen). The tensors are streamed:
+        vLLM copies each one as the iterator yields it, so a generator that gathers ZeRO-3 shards one at a time
+        never holds the whole model. Returns the tensors sent.
         """
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
             raise RuntimeError(
                 "in-process weight sync needs VLLM_ENABLE_V1_MULTIPROCESSING=0 (set before the engine was built); "
                 "with a subprocess engine tensors cannot be sent"
             )
-        weights = [(name, t.detach()) for name, t in named_tensors]
-        if not weights:
+        sent = 0
+
+        def stream():
+            nonlocal sent
+            for name, tensor in named_tensors:
+                sent += 1
+                yield name, tensor.detach()
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        if not sent:
             raise ValueError("load_weights got no tensors")
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         # Cached prefixes, processed images and encoder outputs were computed with the old weights.
         self.llm.reset_prefix_cache()
         self.llm.reset_mm_cache()
         self.llm.llm_engine.reset_encoder_cache()
-        return len(weights)
+        return sent
 
     def close(self) -> None:
         """Shut the engine down and release vLLM's process-wide state, so another engine can start in this process

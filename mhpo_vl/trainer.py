@@ -345,6 +345,7 @@ class Trainer:
                 old.append(torch.tensor(c.sampler_logprobs, dtype=torch.float32))
         rollouts.old_logprobs = old
         rollouts.ref_logprobs = ref if self.ref_model is not None else None
+        ent_sum, ent_count = self.rt.all_reduce_sum([ent_sum, ent_count])  # over every rank's tokens
         rollouts.entropy_mean = ent_sum / max(ent_count, 1.0)
         model.train(was_training)
 

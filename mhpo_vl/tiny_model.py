@@ -15,7 +15,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # The Qwen2 pre-tokenizer split (same regex as transformers' Qwen2Tokenizer).
 QWEN_PRETOKENIZE_REGEX = (
@@ -370,25 +370,31 @@ def builder_version() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
-def cached_tiny_model(kind: str, cache_root: str | Path, **size_overrides: Any) -> Path:
-    """The folder of a tiny model ("vl" or "text") with these sizes, built once under
-    ``<cache_root>/<builder_version()>/`` via a temporary folder and a rename, so an interrupted or concurrent build
-    never leaves half a model (concurrent builds are byte-identical)."""
+def build_once(target: str | Path, build: Callable[[Path], Any]) -> Path:
+    """`target`, built by `build(folder)` into a temporary folder beside it and renamed into place unless it is
+    already there, so an interrupted or concurrent build never leaves half a folder (the first rename wins)."""
     import shutil
     import tempfile
 
-    builders = {"vl": build_tiny_vl_model, "text": build_tiny_text_model}
-    if kind not in builders:
-        raise ValueError(f"tiny model kind must be one of {sorted(builders)}, got {kind!r}")
-    tag = "_".join(f"{k}{v}" for k, v in sorted(size_overrides.items())) or "default"
-    target = Path(cache_root) / builder_version() / f"{kind}_{tag}"
+    target = Path(target)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
-    builders[kind](tmp, seed=0, **size_overrides)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    build(tmp)
     try:
         tmp.rename(target)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def cached_tiny_model(kind: str, cache_root: str | Path, **size_overrides: Any) -> Path:
+    """The folder of a tiny model ("vl" or "text") with these sizes, built once under
+    ``<cache_root>/<builder_version()>/`` (see build_once; concurrent builds are byte-identical)."""
+    builders = {"vl": build_tiny_vl_model, "text": build_tiny_text_model}
+    if kind not in builders:
+        raise ValueError(f"tiny model kind must be one of {sorted(builders)}, got {kind!r}")
+    tag = "_".join(f"{k}{v}" for k, v in sorted(size_overrides.items())) or "default"
+    return build_once(Path(cache_root) / builder_version() / f"{kind}_{tag}",
+                      lambda folder: builders[kind](folder, seed=0, **size_overrides))

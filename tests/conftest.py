@@ -55,7 +55,7 @@ def warm_tiny_vl_model_dir(tiny_vl_model_dir) -> Path:
     not zero. Built once per tiny-model builder version and warm-start length."""
     from run_helpers import WARM_START_STEPS, build_warm_model
 
-    target = tiny_vl_model_dir.parent / f"vl_warm{WARM_START_STEPS}"
-    if not (target / "config.json").is_file():
-        build_warm_model(tiny_vl_model_dir, target)
-    return target
+    from mhpo_vl.tiny_model import build_once
+
+    return build_once(tiny_vl_model_dir.parent / f"vl_warm{WARM_START_STEPS}",
+                      lambda folder: build_warm_model(tiny_vl_model_dir, folder))

@@ -86,31 +86,25 @@ def assert_resumed_run_matches(uninterrupted: Path, resumed: Path, *, resumed_fr
 WARM_START_STEPS = 60
 
 
-def build_warm_model(base_model_dir: Path, target: Path) -> None:
-    """`base_model_dir` after a short supervised warm-start on geosynth answers, saved as a HF folder at `target`.
+def build_warm_model(base_model_dir: Path, folder: Path) -> None:
+    """Save into `folder` (a HF folder) `base_model_dir` after a short supervised warm-start on geosynth answers.
 
     The random tiny model never writes a `\\boxed{}` answer, so every RL group has equal rewards and every update
     is exactly zero: a resume test on it cannot tell whether the optimizer state came back. After this warm-start
     it writes boxed numbers and is sometimes right, so groups differ and updates are real."""
-    import shutil
     import tempfile
 
     from mhpo_vl.config import load_config
     from mhpo_vl.trainer import Trainer
     from mhpo_vl.warmstart import run_warmstart
 
-    tmp = Path(tempfile.mkdtemp(prefix=".warm-", dir=target.parent))
-    overrides = small_overrides(base_model_dir, tmp / "run", **{
-        "rollout.backend": "hf", "warmstart.steps": str(WARM_START_STEPS), "warmstart.lr": "2e-3",
-        "warmstart.batch_size": "32", "warmstart.response_template": "\\boxed{{{answer}}}",
-        "data.train": "{name: geosynth, split: train, options: {n: 512, seed: 0, difficulty: 0}}"})
-    trainer = Trainer(load_config(None, overrides))
-    run_warmstart(trainer, trainer.cfg.warmstart)
-    trainer.rt.unwrapped().save_pretrained(tmp / "model", safe_serialization=True)
-    trainer.policy.processor.save_pretrained(tmp / "model")
-    trainer.close()
-    try:
-        (tmp / "model").rename(target)
-    except OSError:  # another process finished first
-        pass
-    shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as run_dir:
+        overrides = small_overrides(base_model_dir, run_dir, **{
+            "rollout.backend": "hf", "warmstart.steps": str(WARM_START_STEPS), "warmstart.lr": "2e-3",
+            "warmstart.batch_size": "32", "warmstart.response_template": "\\boxed{{{answer}}}",
+            "data.train": "{name: geosynth, split: train, options: {n: 512, seed: 0, difficulty: 0}}"})
+        trainer = Trainer(load_config(None, overrides))
+        run_warmstart(trainer, trainer.cfg.warmstart)
+        trainer.rt.unwrapped().save_pretrained(folder, safe_serialization=True)
+        trainer.policy.processor.save_pretrained(folder)
+        trainer.close()

@@ -454,7 +454,7 @@ class Trainer:
     # -------------------------------------------------------------------------------------- weight sync -----
     def sync_weights(self) -> None:
         """Push the language-model weights into the sampler (only trainable tensors change; the frozen vision
-        tower is already there). Under ZeRO-3 the full tensors are gathered first."""
+        tower is already there). Under ZeRO-3 each tensor is gathered as it is streamed."""
         if self.cfg.rollout.backend == "hf":
             return  # the HF sampler shares the trainer's model object
         trainable = {n for n, p in self.rt.unwrapped().named_parameters() if p.requires_grad}
@@ -512,8 +512,8 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "summary_extra": self.summary_extra,
         }
-        full = None
-        if self.rt.uses_deepspeed:  # the module's own tensors may be partitioned (ZeRO-3): every rank gathers
+        full = None  # save_pretrained reads the module itself, whose parameters are whole except under ZeRO-3
+        if self.rt.zero_stage == 3:  # partitioned: every rank takes part in gathering them
             weights = self.rt.iter_full_weights()
             if self.rt.is_main:
                 full = {name: tensor.to("cpu") for name, tensor in weights}

@@ -14,8 +14,7 @@ import torch
 
 def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "finite") -> None:
     from mhpo_vl.config import load_config
-    from mhpo_vl.trainer import Rollouts, Trainer
-    from mhpo_vl.types import Completion
+    from mhpo_vl.trainer import Trainer
 
     overrides = [
         f"model.name_or_path={model_dir}", "model.dtype=float32", "model.gradient_checkpointing=false",
@@ -50,28 +49,18 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
         trainer._micro_loss = micro_loss
     skipped = 0
     samples = trainer.train_samples[:4]
-    tok = trainer.policy.tokenizer
     losses = []
     for update in range(2):
-        mine = samples[rank::world]
-        prompts = trainer.encoder.encode(mine)
-        rows_p, rows_c = [], []
-        for s, p in zip(mine, prompts):
-            for k in range(2):  # one right and one wrong answer per prompt, so advantages are +-1
-                answer = s.answer if k == 0 else str(int(s.answer) + 1 + update)
-                ids = tok.encode(f"\\boxed{{{answer}}}", add_special_tokens=False)
-                rows_p.append(p)
-                rows_c.append(Completion(text=f"\\boxed{{{answer}}}", token_ids=ids, sampler_logprobs=None,
-                                         finish_reason="stop"))
-        rollouts = Rollouts(rows_p, rows_c, 2)
-        trainer.score(rollouts)
+        # one right and one wrong answer per prompt, so advantages are +-1
+        rollouts = _scored_rollouts(trainer, samples[rank::world],
+                                    lambda s, k: s.answer if k == 0 else str(int(s.answer) + 1 + update))
         trainer.compute_advantages(rollouts)
         trainer.compute_old_logprobs(rollouts)
         skipped += trainer.update(rollouts)["updates/skipped_nonfinite"]
         losses.extend(trainer.last_update_losses)
     refill = None
     if deepspeed == "none":  # (the HF sampler cannot generate under multi-rank ZeRO-3; refill is not DeepSpeed's)
-        refill = _refill_where_only_rank1_needs_it(trainer, samples, tok)
+        refill = _refill_where_only_rank1_needs_it(trainer, samples)
     model = trainer.rt.unwrapped()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {n: t.float().cpu() for n, t in trainer.rt.iter_full_weights(only=trainable)}
@@ -80,29 +69,34 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
     trainer.close()
 
 
-def _refill_where_only_rank1_needs_it(trainer, samples, tok):
+def _refill_where_only_rank1_needs_it(trainer, samples):
     """DAPO dynamic sampling: rank 0's groups all have reward variance, rank 1's none (both answers wrong), so
     only rank 1 needs refill rounds; every rank must still draw each round's prompts to keep the order in step."""
+    rank, world = trainer.rt.rank, trainer.rt.world_size
+    trainer.cfg.algorithm.max_refill_rounds = 2
+    rollouts = _scored_rollouts(trainer, samples[rank::world],
+                                lambda s, k: s.answer if (k == 0 and rank == 0) else str(int(s.answer) + 1 + k))
+    trainer.compute_advantages(rollouts)
+    _, refill = trainer.refill_dynamic(rollouts)
+    return refill
+
+
+def _scored_rollouts(trainer, mine, answer_of):
+    """Two fixed completions "\\boxed{answer_of(sample, k)}" (k = 0, 1) per prompt, scored by the trainer."""
     from mhpo_vl.trainer import Rollouts
     from mhpo_vl.types import Completion
 
-    rank, world = trainer.rt.rank, trainer.rt.world_size
-    trainer.cfg.algorithm.max_refill_rounds = 2
-    mine = samples[rank::world]
-    prompts = trainer.encoder.encode(mine)
+    tok = trainer.policy.tokenizer
     rows_p, rows_c = [], []
-    for s, p in zip(mine, prompts):
+    for s, p in zip(mine, trainer.encoder.encode(mine)):
         for k in range(2):
-            answer = s.answer if (k == 0 and rank == 0) else str(int(s.answer) + 1 + k)
+            text = f"\\boxed{{{answer_of(s, k)}}}"
             rows_p.append(p)
-            text = f"\\boxed{{{answer}}}"
             rows_c.append(Completion(text=text, token_ids=tok.encode(text, add_special_tokens=False),
                                      sampler_logprobs=None, finish_reason="stop"))
     rollouts = Rollouts(rows_p, rows_c, 2)
     trainer.score(rollouts)
-    trainer.compute_advantages(rollouts)
-    _, refill = trainer.refill_dynamic(rollouts)
-    return refill
+    return rollouts
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,22 @@ def test_show_geometry3k_both_layouts(capsys, fixtures_dir, layout):
                                            "\\frac { 2 \\sqrt { 2 } } { 5 }", "16"]
     assert all(r["answer"] in r["choices"] and r["metadata"]["answer_letter"] in "ABCD" for r in rows)
     assert rows[0]["prompt"].endswith("The final answer MUST BE put in \\boxed{}.")  # reason_boxed by default
-    assert "shown 10 of 10 sample(s), 10 image(s) decoded, 0 row(s) skipped" in err
+    # Two of the ten share their text ("Find x.") and differ only in the diagram.
+    assert "shown 10 of 10 sample(s) (9 distinct question text(s)), 10 image(s) decoded, 0 row(s) skipped" in err
+
+
+def test_show_counts_the_demo_splits_distinct_questions(capsys):
+    """Issue 9: the demo's validation split holds >= 200 distinct questions (255 of 256), its training split 3984 of
+    4000, read from configs/demo_cpu.yaml so a config change is checked too."""
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml").read_text())["data"]
+    for split, at_least in (("val", 200), ("train", 3900)):
+        spec = data[split]
+        options = [f"--option={k}={v}" for k, v in spec["options"].items()]
+        code, rows, err = _show(capsys, spec["name"], "--split", spec["split"], "--limit", "0", *options)
+        distinct = int(re.search(r"\((\d+) distinct question", err).group(1))
+        assert code == 0 and rows == [] and distinct >= at_least, err
 
 
 def test_show_mathvision_decodes_all_304_images(capsys, fixtures_dir):

@@ -111,3 +111,40 @@ def test_load_dataset_geosynth():
         load_dataset("geosynth", source="somewhere")
     with pytest.raises(ValueError, match="split must be one of train, val, test"):
         load_dataset("geosynth", split="dev", n=1)
+
+
+def test_wide_relabels_text_and_figure_consistently():
+    """wide=True: random distinct letters for every point, the same in the question and the diagram's labels."""
+    import random
+
+    from mhpo_vl.datasets.geosynth import POINT_LETTERS, relabel, vertical_angles, RANGES
+
+    base = vertical_angles(random.Random(0), RANGES[0])  # "Lines AB and CD meet at O. Angle AOC = x. Find angle BOD."
+    wide = relabel(base, random.Random(5))
+    mapping = {}
+    for old, new in zip(base.figure.points, wide.figure.points):
+        mapping[old] = new
+    assert sorted(mapping) == ["A", "B", "C", "D", "O"] and len(set(mapping.values())) == 5
+    assert set(mapping.values()) <= set(POINT_LETTERS)
+    a, b, c, d, o = (mapping[k] for k in "ABCDO")
+    x = base.answer
+    assert wide.question == f"Lines {a}{b} and {c}{d} meet at {o}. Angle {a}{o}{c} = {x}. Find angle {b}{o}{d}."
+    assert wide.figure.angle_marks == [(a, o, c, str(x)), (b, o, d, "?")]
+    assert [wide.figure.points[mapping[k]] for k in "ABCDO"] == [base.figure.points[k] for k in "ABCDO"]
+    assert wide.answer == base.answer and wide.numbers == base.numbers
+
+
+@pytest.mark.parametrize("difficulty", [0, 3])
+def test_wide_is_far_from_memorisable_and_keeps_answers_exact(difficulty):
+    train = generate(1000, seed=0, difficulty=difficulty, split="train", wide=True, image_size=32)
+    val = generate(200, seed=1, difficulty=difficulty, split="val", wide=True, image_size=32)
+    assert len({s.question for s in train}) >= 990 and len({s.question for s in val}) >= 198
+    assert not {s.question for s in train} & {s.question for s in val}
+    for s in train[:300]:
+        assert s.answer == str(ANSWERS[s.metadata["kind"]](*s.metadata["numbers"])), s.question
+        assert s.metadata["wide"] is True and "w-s0-" in s.id
+    # The numbers range widely (narrow level 0 draws lengths up to 20 and angles in steps of 5).
+    answers = {int(s.answer) for s in train if s.metadata["kind"] in ("isosceles_side", "circle_radius")}
+    assert max(answers) > 90 and len(answers) > 60
+    # wide=False is unchanged: the pinned stream above still holds, and wide draws a different stream.
+    assert [s.question for s in generate(3, seed=0, difficulty=1)] != [s.question for s in generate(3, seed=0, difficulty=1, wide=True)]

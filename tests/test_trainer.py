@@ -177,13 +177,18 @@ def test_killed_run_resumes_exactly(tmp_path, warm_tiny_vl_model_dir):
 
 @pytest.mark.slow
 def test_the_cpu_demo_learns_in_the_rl_stage(tmp_path):
-    """The README's main job (configs/demo_cpu.yaml, ~5 min): held-out accuracy at the end of RL is at least
-    0.10 above the accuracy at the start of RL (after the SFT warm-start). Measured: 0.305 -> 0.529."""
+    """The README's main job (configs/demo_cpu.yaml as shipped: seed 1, 2 threads, ~5 min) has the property the
+    README's 10-run table shows for 5 seeds x 1 and 2 threads: held-out accuracy ends RL at least 0.10 above where
+    RL started (after the SFT warm-start) and within 0.05 of its best validation. A property, not a trajectory: the
+    assertions are the inequalities, with the margins of the table (smallest gain, largest best-to-final drop) far
+    from the thresholds, so another CPU's float path passes too."""
     from mhpo_vl.trainer import Trainer
 
     cfg = load_config(REPO / "configs" / "demo_cpu.yaml", [f"trainer.output_dir={tmp_path / 'demo'}"])
     summary = Trainer(cfg, cache_dir=REPO / ".cache").fit()
+    history = summary["val_history"]
     assert summary["steps"] == 80
     assert summary["val_accuracy_before_warmstart"] < summary["val_accuracy_initial"]  # the warm-start taught format
-    assert summary["val_accuracy_final"] - summary["val_accuracy_initial"] >= 0.10, summary["val_history"]
+    assert summary["val_accuracy_final"] >= summary["val_accuracy_initial"] + 0.10, history
+    assert summary["val_accuracy_final"] >= summary["val_accuracy_best"] - 0.05, history
     assert summary["wall_seconds"] < 15 * 60

@@ -123,8 +123,9 @@ def _show(args: argparse.Namespace) -> int:
             continue
         print(json.dumps(sample_record(sample, template.render(sample)), ensure_ascii=False, default=str))
         shown += 1
-    print(f"[mhpo-vl data] {args.name}: shown {shown} of {len(samples)} sample(s), {decoded} image(s) decoded, "
-          f"{len(skipped)} row(s) skipped", file=sys.stderr)
+    distinct = len({sample.question for sample in samples})  # repeats make a split smaller than its row count
+    print(f"[mhpo-vl data] {args.name}: shown {shown} of {len(samples)} sample(s) ({distinct} distinct question text(s)), "
+          f"{decoded} image(s) decoded, {len(skipped)} row(s) skipped", file=sys.stderr)
     return 0
 
 

@@ -11,6 +11,11 @@ Difficulty picks the problem kinds and number ranges:
   2  + complementary angles, perimeter, diameter, a right-triangle leg, isosceles base angle; any integer angle
   3  + exterior angle, quadrilateral angle sum, square area from perimeter; lengths up to 40
 
+``wide=True`` (any difficulty) makes the problem space large enough that a small model cannot memorise it: angles in
+steps of 1, lengths up to 99, and every point renamed to random distinct capital letters (the same renaming in the text
+and the diagram). At difficulty 0 that is ~10^6 distinct questions instead of ~70, so held-out accuracy measures the
+skill (read the number off the question) rather than recall of the training questions.
+
 Splits are disjoint by construction: each question text hashes to a bucket, 80% train, 10% val, 10% test, and a
 split only keeps problems of its buckets, so no question appears in two splits (at any seed or difficulty). Within a
 split, problems are drawn i.i.d. (a kind uniformly, then its numbers), so an easy difficulty with many samples repeats
@@ -21,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -78,6 +84,9 @@ RANGES = {
     2: Ranges(angle_step=1, length_max=20, triple_scale_max=3, vary_letters=True),
     3: Ranges(angle_step=1, length_max=40, triple_scale_max=5, vary_letters=True),
 }
+WIDE = Ranges(angle_step=1, length_max=99, triple_scale_max=5, vary_letters=True)
+POINT_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I or O look-alikes of 1 and 0
+_NAME_RUN = re.compile(r"\b[A-Z]+\b")  # point names in question texts: all-capital words (AB, AOC, O)
 TRIPLES = ((3, 4, 5), (5, 12, 13), (8, 15, 17), (7, 24, 25))
 TRIANGLE_NAMES = ("ABC", "PQR", "XYZ", "DEF", "KLM")
 
@@ -316,6 +325,23 @@ KINDS: dict[int, tuple[Callable[[random.Random, Ranges], Problem], ...]] = {
 }
 
 
+def relabel(problem: Problem, rng: random.Random) -> Problem:
+    """Rename every point to random distinct letters, consistently in the question and the figure."""
+    used = sorted(set("".join(_NAME_RUN.findall(problem.question))) | set("".join(problem.figure.points)))
+    mapping = dict(zip(used, rng.sample(POINT_LETTERS, len(used))))
+
+    def names(text: str) -> str:
+        return "".join(mapping[c] for c in text)
+
+    fig = problem.figure
+    figure = Figure(segments=fig.segments, circles=fig.circles, texts=fig.texts,
+                    points={names(k): v for k, v in fig.points.items()},
+                    angle_marks=[(names(a), names(v), names(b), t) for a, v, b, t in fig.angle_marks],
+                    right_angles=[(names(a), names(v), names(b)) for a, v, b in fig.right_angles])
+    question = _NAME_RUN.sub(lambda m: names(m.group()), problem.question)
+    return Problem(problem.kind, problem.numbers, question, problem.answer, figure)
+
+
 def kinds_for(difficulty: int) -> tuple[Callable, ...]:
     if not 0 <= difficulty <= MAX_DIFFICULTY:
         raise ValueError(f"geosynth difficulty must be 0..{MAX_DIFFICULTY}, got {difficulty}")
@@ -328,19 +354,23 @@ def _bucket(problem: Problem) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % 10
 
 
-def problems(seed: int, difficulty: int, split: str) -> Iterator[Problem]:
+def problems(seed: int, difficulty: int, split: str, wide: bool = False) -> Iterator[Problem]:
     """The split's endless problem stream. Each draw picks a kind uniformly, then numbers until the problem falls in
     the split's buckets, so every split has the same mix of kinds. Draw i has its own RNG: streams are prefix-stable."""
     if split not in SPLIT_BUCKETS:
         raise ValueError(f"geosynth split must be one of {', '.join(SPLIT_BUCKETS)}; got {split!r}")
-    kinds, ranges, buckets = list(kinds_for(difficulty)), RANGES[difficulty], SPLIT_BUCKETS[split]
+    kinds, buckets = list(kinds_for(difficulty)), SPLIT_BUCKETS[split]
+    ranges = WIDE if wide else RANGES[difficulty]
+    stream = f"geosynth:{seed}:{difficulty}:{split}" + (":wide" if wide else "")
     draw_index = 0
     while kinds:
-        rng = random.Random(f"geosynth:{seed}:{difficulty}:{split}:{draw_index}")
+        rng = random.Random(f"{stream}:{draw_index}")
         draw_index += 1
         kind = rng.choice(kinds)
         for _ in range(MAX_TRIES_PER_KIND):
             problem = kind(rng, ranges)
+            if wide:
+                problem = relabel(problem, rng)
             if _bucket(problem) in buckets:
                 yield problem
                 break
@@ -349,23 +379,25 @@ def problems(seed: int, difficulty: int, split: str) -> Iterator[Problem]:
     raise RuntimeError(f"geosynth: no problems for split {split!r} at difficulty {difficulty}")
 
 
-def generate(n: int, seed: int, difficulty: int = 1, image_size: int = 112, *, split: str = "train") -> list[Sample]:
+def generate(n: int, seed: int, difficulty: int = 1, image_size: int = 112, *, split: str = "train",
+             wide: bool = False) -> list[Sample]:
     """``n`` problems of the given split with in-memory diagrams (``Sample.images = [PIL.Image]``)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
     samples = []
-    for index, problem in zip(range(n), problems(seed, difficulty, split)):
+    for index, problem in zip(range(n), problems(seed, difficulty, split, wide)):
         samples.append(Sample(
-            id=f"geosynth-{split}-d{difficulty}-s{seed}-{index:05d}",
+            id=f"geosynth-{split}-d{difficulty}{'w' if wide else ''}-s{seed}-{index:05d}",
             source="geosynth",
             split=split,
             question=problem.question,
             images=[draw(problem.figure, image_size)],
             answer=str(problem.answer),
             answer_type="integer",
-            metadata={"kind": problem.kind, "numbers": list(problem.numbers), "difficulty": difficulty, "seed": seed},
+            metadata={"kind": problem.kind, "numbers": list(problem.numbers), "difficulty": difficulty, "seed": seed,
+                      "wide": wide},
         ))
     return samples
 
@@ -449,17 +481,19 @@ def _centre(points):
 @register_dataset("geosynth")
 @dataclass
 class GeoSynth(DatasetAdapter):
-    """``load_dataset("geosynth", split="train", n=1000, seed=0, difficulty=1)``; ``source`` must be None."""
+    """``load_dataset("geosynth", split="train", n=1000, seed=0, difficulty=1, wide=False)``; ``source`` must be None."""
 
     n: int = 1000
     seed: int = 0
     difficulty: int = 1
     image_size: int = 112
+    wide: bool = False
 
     def records(self, source: str | None, split: str | None) -> Iterator[Record]:
         if source is not None:
             raise ValueError(f"geosynth is generated, not read: leave source unset (got {source!r})")
-        for index, sample in enumerate(generate(self.n, self.seed, self.difficulty, self.image_size, split=split or "train")):
+        for index, sample in enumerate(generate(self.n, self.seed, self.difficulty, self.image_size, split=split or "train",
+                                                   wide=self.wide)):
             yield Record({"sample": sample}, file="geosynth", row=index)
 
     def to_sample(self, record: Record) -> Sample:

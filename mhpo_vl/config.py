@@ -78,6 +78,7 @@ class RewardConfig:
     require_think: bool = True  # format = "<think>...</think> then \\boxed{}"; False: just a \\boxed{} answer
     num_workers: int = 2
     timeout_s: float = 5.0
+    truncated_reward: float | None = None  # reward of a response cut at rollout.max_tokens; None = graded as usual
 
 
 @dataclass
@@ -112,7 +113,8 @@ class OptimConfig:
 class WarmStartConfig:
     """Supervised warm-start on the training set's gold answers before RL (cold-start SFT). Off by default."""
 
-    steps: int = 0
+    steps: int = 0  # the most SFT steps (all of them unless stop_at_answer_prob stops it earlier)
+    stop_at_answer_prob: float | None = None  # stop once the model's mean P(gold response) on new batches reaches it
     lr: float = 1e-3
     batch_size: int = 16
     response_template: str = "<think>{reasoning}</think> \\boxed{{{answer}}}"
@@ -165,6 +167,8 @@ class RunConfig:
             (self.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32|bfloat16|float16, got {self.model.dtype!r}"),
             (t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto|cpu|cuda, got {t.device!r}"),
             (self.algorithm.kl_coef >= 0, "algorithm.kl_coef must be >= 0"),
+            (self.warmstart.stop_at_answer_prob is None or 0 < self.warmstart.stop_at_answer_prob <= 1,
+             f"warmstart.stop_at_answer_prob must be in (0, 1] or null, got {self.warmstart.stop_at_answer_prob}"),
             # The warm-start steps the bare module with its own optimiser; DeepSpeed keeps its own (partitioned)
             # master weights, which would overwrite those steps or, under ZeRO-3, not let them run at all.
             (self.warmstart.steps == 0 or t.deepspeed is None,

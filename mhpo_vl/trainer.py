@@ -150,7 +150,8 @@ class Trainer:
         self.grader = Grader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
                              require_think=cfg.reward.require_think)
         self.reward_fn = RewardFunction(self.grader, accuracy_weight=cfg.reward.accuracy_weight,
-                                        format_weight=cfg.reward.format_weight)
+                                        format_weight=cfg.reward.format_weight,
+                                        truncated_reward=cfg.reward.truncated_reward)
         self.sampler = self._make_sampler(load_from)
         self.writer = MetricsWriter(self.out, enabled=self.rt.is_main)
         if self.rt.is_main:
@@ -242,7 +243,8 @@ class Trainer:
         return Rollouts(rows_p, rows_c, self.group_size)
 
     def score(self, rollouts: Rollouts) -> None:
-        out = self.reward_fn([p.sample for p in rollouts.prompts], [c.text for c in rollouts.completions])
+        out = self.reward_fn([p.sample for p in rollouts.prompts], [c.text for c in rollouts.completions],
+                             truncated=[c.finish_reason == "length" for c in rollouts.completions])
         rollouts.rewards_N = torch.tensor(out.rewards, dtype=torch.float32)
         rollouts.accuracy_N = torch.tensor([float(v.correct) for v in out.verdicts])
         rollouts.format_N = torch.tensor([float(v.format_ok) for v in out.verdicts])

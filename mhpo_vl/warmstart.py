@@ -4,15 +4,41 @@ Cold-start pipelines (DeepSeek-R1, many VL reasoning recipes) first teach the an
 The offline CPU demo needs it: a randomly initialised model never produces a parsable answer, so every group
 would have equal rewards and RL would have no signal. The warm-start is deliberately short so RL has room to
 improve; the run records validation accuracy before and after it.
+
+`stop_at_answer_prob` ends it early, at a chosen starting skill rather than a chosen step count. The model's
+probability of the whole gold response, averaged over the last batches before it trains on them, is what sampling at
+temperature 1 gets right on training problems (and on held-out ones, when the training set is too varied to
+memorise, as the demo's 3984 distinct questions are), and it costs nothing: the SFT loss computes the same
+log-probabilities. Why not a fixed step count: a small model learns to copy numbers in a sudden jump whose
+timing depends on the seed (the CPU demo: 0.05 -> 0.74 held-out accuracy between steps 100 and 150 for one seed,
+still 0.29 at step 400 for another), so a fixed count starts RL anywhere from "no signal" to "nothing left to learn".
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import torch
 
 from mhpo_vl.config import WarmStartConfig
+
+
+class AnswerProbStop:
+    """The early-stop rule: True once the mean of the last `window` batch answer probabilities reaches `target`
+    (never when `target` is None). Averaging over batches keeps one lucky batch from ending the warm-start."""
+
+    def __init__(self, target: float | None, window: int = 10):  # 10 batches = 320 problems at the demo's size
+        self.target, self.recent = target, deque(maxlen=window)
+
+    def update(self, answer_prob: float) -> bool:
+        self.recent.append(answer_prob)
+        return (self.target is not None and len(self.recent) == self.recent.maxlen
+                and sum(self.recent) / len(self.recent) >= self.target)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.recent) / len(self.recent) if self.recent else None
 
 
 def sft_response_text(sample, template: str) -> str:
@@ -32,6 +58,8 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
     samples = trainer.train_samples
     cache: dict[int, Any] = {}
     losses = []
+    stop = AnswerProbStop(cfg.stop_at_answer_prob)
+    steps_run = 0
     start = time.perf_counter()
     model.train()
     for step in range(cfg.steps):
@@ -45,12 +73,17 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
         batch = collate_sequences(prompts, responses, pad_token_id=tok.pad_token_id).to(trainer.rt.device)
         logprobs_NT, _ = per_token_logprobs(model, batch, chunk_size=trainer.cfg.trainer.logprob_chunk_size)
         mask = batch.response_mask_NT
+        # P(gold response) before this step's update: the accuracy of sampling at temperature 1 on these problems.
+        if stop.update(float((logprobs_NT.detach() * mask).sum(1).exp().mean())):
+            break
         loss = -(logprobs_NT * mask).sum() / mask.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(float(loss.detach()))
+        steps_run = step + 1
     optimizer.zero_grad(set_to_none=True)
-    return {"warmstart_steps": cfg.steps, "warmstart_final_loss": losses[-1] if losses else None,
+    return {"warmstart_steps": steps_run, "warmstart_final_loss": losses[-1] if losses else None,
+            "warmstart_answer_prob": stop.mean,
             "warmstart_seconds": time.perf_counter() - start}

@@ -159,6 +159,19 @@ def test_reward_is_weighted_accuracy_plus_format(grader):
     assert RewardFunction(grader, accuracy_weight=1.0, format_weight=0.0)(samples, responses).rewards == [1.0, 1.0, 0.0, 0.0]
 
 
+def test_truncated_responses_get_the_truncated_reward(grader):
+    samples = [_sample("4")] * 3
+    responses = ["<think>2+2</think> \\boxed{4}", "<think>2+2</think> \\boxed{4} and then more and more", "\\boxed{5}"]
+    cut = [False, True, True]
+    # Off by default: flags change nothing.
+    assert RewardFunction(grader)(samples, responses, truncated=cut).rewards == pytest.approx([1.0, 1.0, 0.0])
+    out = RewardFunction(grader, truncated_reward=-0.5)(samples, responses, truncated=cut)
+    assert out.rewards == pytest.approx([1.0, -0.5, -0.5])
+    assert out.accuracy == [1.0, 1.0, 0.0]  # the verdicts (and accuracy metrics) are the grader's
+    with pytest.raises(ValueError, match="2 truncated flags for 3 responses"):
+        RewardFunction(grader, truncated_reward=0.0)(samples, responses, truncated=cut[:2])
+
+
 def test_reward_weights_are_validated(grader):
     with pytest.raises(ValueError, match="both 0"):
         RewardFunction(grader, accuracy_weight=0, format_weight=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,8 @@ def test_plan_errors_name_what_is_wrong(base_config, tmp_path):
         make_plan(base_config, "mhpo", "1,x", "demo", tmp_path, [])
     with pytest.raises(StudyError, match="unknown config key.*optim.lrr"):
         make_plan(base_config, "mhpo", "1", "demo", tmp_path, ["optim.lrr=1"])
+    with pytest.raises(StudyError, match="trainer.resume is false"):
+        make_plan(base_config, "mhpo", "1", "demo", tmp_path, ["trainer.resume=false"])
     with pytest.raises(StudyError, match="is not a study folder"):
         load_plan(tmp_path / "nothing")
 
@@ -153,8 +156,10 @@ def test_runner_refuses_run_folders_made_with_another_config(base_config, tmp_pa
         run_study(changed, launch=FakeLaunch(changed), log=lambda _: None)
 
 
-def test_ctrl_c_stops_the_running_training_and_the_study(tmp_path):
-    # The child interrupts its parent (this test process) as Ctrl-C in a terminal would, then waits to be stopped.
+def test_ctrl_c_stops_the_running_training_and_the_study(tmp_path, monkeypatch):
+    # The child interrupts its parent (this test process) as Ctrl-C in a terminal would, then waits to be stopped:
+    # it did not get the SIGINT itself, so after the grace period the runner sends it one.
+    monkeypatch.setattr("mhpo_vl.study.runner.STOP_GRACE_S", 0.5)
     pid_file = tmp_path / "pid"
     child = (f"import os, signal, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(0.5); "
              "os.kill(os.getppid(), signal.SIGINT); time.sleep(60)")
@@ -165,6 +170,33 @@ def test_ctrl_c_stops_the_running_training_and_the_study(tmp_path):
     with pytest.raises(ProcessLookupError):  # it is gone (and reaped), not left running
         os.kill(int(pid_file.read_text()), 0)
     assert "KeyboardInterrupt" in (tmp_path / "console.log").read_text()  # its output went to the log
+
+
+def test_ctrl_c_in_a_terminal_reaches_both_and_the_study_returns_at_once(tmp_path):
+    """A terminal's Ctrl-C goes to the whole foreground process group: the training stops by itself and the runner,
+    waiting for it, returns as soon as it has stopped, without sending more signals."""
+    from run_helpers import REPO, RUN_ENV
+
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = ("import sys; from pathlib import Path; from mhpo_vl.study import runner\n"
+              "from mhpo_vl.study.runner import StudyInterrupted, launch_subprocess\n"
+              "runner.STOP_GRACE_S = 300  # a runner that had to signal the child would take 5 minutes\n"
+              "try:\n"
+              f"    launch_subprocess([sys.executable, '-c', {child!r}], Path({str(tmp_path / 'console.log')!r}))\n"
+              "except StudyInterrupted:\n"
+              "    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO, env=RUN_ENV, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: SIGINT to every process of the group
+    assert proc.wait(timeout=120) == 130
+    assert time.monotonic() - start < 120
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
 
 
 # ------------------------------------------------------------------------------------------- the aggregation ----

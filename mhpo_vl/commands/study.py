@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mhpo_vl.study.plan import StudyError, load_plan, make_plan
     from mhpo_vl.study.report import build_report
-    from mhpo_vl.study.runner import StudyInterrupted, run_study
+    from mhpo_vl.study.runner import run_study
 
     try:
         if args.summarize_only:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                   + "; ".join(f"{s}: {' '.join(o) or 'base config as is'}" for s, o in plan.settings.items()),
                   flush=True)
             result = run_study(plan, log=lambda line: print(line, flush=True))
-    except StudyInterrupted:
+    except KeyboardInterrupt:  # StudyInterrupted (the running training was stopped) or Ctrl-C between runs
         print("study: interrupted; rerun the same command to continue (finished runs are skipped, the stopped run "
               "resumes from its latest checkpoint)", file=sys.stderr)
         return 130

@@ -163,6 +163,9 @@ def make_plan(base_config: str, losses: str, seeds: str, settings: str, out_dir:
         base = load_config(base_config, overrides)
     except ConfigError as err:
         raise StudyError(f"base config {base_config}: {err}") from None
+    if not base.trainer.resume:
+        raise StudyError(f"base config {base_config}: trainer.resume is false, but the study resumes partial runs "
+                         "from their checkpoints (set it to true)")
     return Plan(Path(out_dir), base_config, list(overrides),
                 {s: setting_overrides(s, base) for s in parse_settings(settings)}, parse_losses(losses),
                 parse_seeds(seeds))

@@ -21,6 +21,9 @@ from typing import Callable
 from mhpo_vl.study.plan import Plan, Run, StudyError, config_differences
 
 DIVERGED_RC = 3  # `mhpo-vl train`'s exit status for TrainingDivergedError
+# After Ctrl-C: how long the training process gets to stop by itself (a terminal sends SIGINT to it too) before it is
+# sent SIGINT, then SIGTERM, then SIGKILL; a second SIGINT could cut short its own clean-up.
+STOP_GRACE_S = 10.0
 Launch = Callable[[list[str], Path], int]
 
 
@@ -66,10 +69,9 @@ def launch_subprocess(command: list[str], log_path: Path) -> int:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGINT, 60), (signal.SIGTERM, 30), (signal.SIGKILL, 30)):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(sig)
+    for sig, grace in ((None, STOP_GRACE_S), (signal.SIGINT, 60), (signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+        if sig is not None:
+            proc.send_signal(sig)
         try:
             proc.wait(timeout=grace)
             return

@@ -129,8 +129,12 @@ def run_study(plan: Plan, *, launch: Launch = launch_subprocess, log: Callable[[
 
 def _accuracy_line(run_dir: Path) -> str:
     s = json.loads((run_dir / "summary.json").read_text())
-    return (f"held-out accuracy {s.get('val_accuracy_initial')} -> {s.get('val_accuracy_final')} "
-            f"(best {s.get('val_accuracy_best')})")
+    start, final, best = (_fmt(s.get(f"val_accuracy_{k}")) for k in ("initial", "final", "best"))
+    return f"held-out accuracy {start} -> {final} (best {best})"
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
 def _tail(run_dir: Path, lines: int = 20) -> str:

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("mhpo_vl.commands.score", "score existing model outputs with a benchmark's rules"),
     "data": ("mhpo_vl.commands.data", "look at datasets: `data show`, `data overlap`"),
     "plot": ("mhpo_vl.commands.plot", "plot training curves of one or several runs"),
+    "study": ("mhpo_vl.commands.study", "compare losses x seeds x settings in one resumable command (summary + figures)"),
     "make-tiny-model": ("mhpo_vl.commands.make_tiny_model", "build a tiny random Qwen2.5-VL (or Qwen2) offline"),
     "plot-loss-shapes": ("mhpo_vl.commands.plot_loss_shapes", "draw psi, zeta and M(r) of the losses (paper Fig. 2/3)"),
 }

@@ -343,11 +343,12 @@ BAD_VALUES = {
     "dual_clip": [1, "yes"], "c_dual": [1.0, 0.5],
     "tau_pos": [0, -1.0], "tau_neg": [0.0, math.nan],
     "aggregation": ["mean", "token_mean", None], "norm_length": [0, -5, math.inf], "kl_coef": [-0.1, math.nan],
+    "scale": [0, -0.5, math.inf, math.nan, "0.265", True],
 }
 GOOD_VALUES = {
     "c": 0.5, "k_pos": 3.0, "k_neg": 0.5, "lambda_pos": 0.8, "lambda_neg": 2, "eps_low": 0.0, "eps_high": 0.28,
     "eps": 0.1, "dual_clip": True, "c_dual": 2.5, "tau_pos": 0.3, "tau_neg": 4, "aggregation": "token-mean",
-    "norm_length": 2048, "kl_coef": 0.01,
+    "norm_length": 2048, "kl_coef": 0.01, "scale": 0.265,
 }
 
 
@@ -525,3 +526,64 @@ def test_bfloat16_inputs_give_float32_loss_and_bf16_grad(name):
     out32.loss.backward()
     torch.testing.assert_close(out.loss, out32.loss)
     torch.testing.assert_close(lp.grad, lp32.grad.to(torch.bfloat16))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# scale: a constant on the policy term only (the study's GRPO x exp(-zeta(0)) control)
+
+
+def _loss_and_grad(fn, logprobs, old, adv, mask, ref=None):
+    lp = logprobs.clone().requires_grad_(True)
+    out = fn(lp, old, adv, mask, ref_logprobs=ref)
+    out.loss.backward()
+    return out, lp.grad
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_scale_multiplies_the_policy_loss_and_gradient(name, aggregation):
+    from mhpo_vl.losses.mhpo import on_policy_factor
+
+    logprobs, old, adv, mask, _ = random_batch(21, spread=0.8)
+    plain, plain_grad = _loss_and_grad(build_loss(name, aggregation=aggregation), logprobs, old, adv, mask)
+    assert plain.loss.item() != 0.0 and plain_grad.abs().max() > 0
+    # A power of two changes no mantissa bit: loss and gradient are exactly scale x the unscaled ones.
+    half, half_grad = _loss_and_grad(build_loss(name, aggregation=aggregation, scale=0.25), logprobs, old, adv, mask)
+    assert torch.equal(half.loss, 0.25 * plain.loss) and torch.equal(half_grad, 0.25 * plain_grad)
+    assert torch.equal(half.metrics["policy_loss"], 0.25 * plain.metrics["policy_loss"])
+    # Any other scale: the same up to the rounding of one multiplication.
+    f = on_policy_factor()
+    out, grad = _loss_and_grad(build_loss(name, aggregation=aggregation, scale=f), logprobs, old, adv, mask)
+    torch.testing.assert_close(out.loss, f * plain.loss, rtol=1e-15, atol=0)
+    torch.testing.assert_close(grad, f * plain_grad, rtol=1e-14, atol=1e-300)
+    assert out.metrics.get("clip_frac_high") == plain.metrics.get("clip_frac_high")  # diagnostics unscaled
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_scale_leaves_the_kl_term_alone(name):
+    logprobs, old, adv, mask, ref = random_batch(22)
+    kl = 0.05
+    no_kl, no_kl_grad = _loss_and_grad(build_loss(name), logprobs, old, adv, mask)
+    with_kl, with_kl_grad = _loss_and_grad(build_loss(name, kl_coef=kl), logprobs, old, adv, mask, ref)
+    scaled, scaled_grad = _loss_and_grad(build_loss(name, kl_coef=kl, scale=0.25), logprobs, old, adv, mask, ref)
+    assert with_kl.metrics["kl_loss"].item() > 0
+    torch.testing.assert_close(scaled.loss, 0.25 * no_kl.loss + kl * with_kl.metrics["kl_loss"], rtol=1e-14, atol=0)
+    kl_grad = with_kl_grad - no_kl_grad  # the KL term's own gradient, at weight kl
+    torch.testing.assert_close(scaled_grad, 0.25 * no_kl_grad + kl_grad, rtol=1e-12, atol=1e-15)
+    assert torch.equal(scaled.metrics["kl_loss"], with_kl.metrics["kl_loss"])
+
+
+def test_on_policy_factor_and_grpo_control_match_mhpo_on_policy():
+    from mhpo_vl.losses.mhpo import on_policy_factor
+
+    # zeta(0) = (ln 2 / 1.0)^1.5 + (ln 2 / 0.8)^2 = 0.577083 + 0.750708 = 1.327791; exp(-1.327791) = 0.265062
+    assert on_policy_factor() == pytest.approx(math.exp(-(math.log(2) ** 1.5 + (math.log(2) / 0.8) ** 2)), rel=1e-14)
+    assert on_policy_factor() == pytest.approx(0.265062, abs=1e-6)
+    assert on_policy_factor(k_pos=3.0, lambda_pos=0.8, k_neg=3.0, lambda_neg=0.8) == pytest.approx(
+        math.exp(-2 * (math.log(2) / 0.8) ** 3), rel=1e-14)
+    # On-policy (r = 1) MHPO's gradient is exp(-zeta(0)) x GRPO's: the control has the same on-policy step.
+    _, old, adv, mask, _ = random_batch(23)
+    mhpo, mhpo_grad = _loss_and_grad(build_loss("mhpo"), old, old, adv, mask)
+    control, control_grad = _loss_and_grad(build_loss("grpo", scale=on_policy_factor()), old, old, adv, mask)
+    torch.testing.assert_close(control_grad, mhpo_grad, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(control.loss, mhpo.loss, rtol=1e-12, atol=1e-15)

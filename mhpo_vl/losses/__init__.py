@@ -7,7 +7,9 @@
 Every loss accepts, besides its own parameters:
 - ``aggregation``: token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (default: the loss's paper's),
 - ``norm_length``: the constant of seq-mean-token-sum-norm (None -> the padded length T of each call),
-- ``kl_coef``: weight of the k3 KL-to-reference term (default 0; > 0 requires ``ref_logprobs`` in the call).
+- ``kl_coef``: weight of the k3 KL-to-reference term (default 0; > 0 requires ``ref_logprobs`` in the call),
+- ``scale``: a constant multiplying the policy term only (default 1; the KL term keeps its own ``kl_coef``), so a
+  control such as GRPO x exp(-zeta(0)) (MHPO's on-policy factor, :func:`mhpo.on_policy_factor`) can be run.
 Unknown names, unknown parameters and out-of-range values raise ValueError listing what is valid.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .base import (
     choice,
     nonnegative,
     optional_positive,
+    positive,
     validate_params,
 )
 from .policy_loss import PolicyLoss
@@ -44,6 +47,7 @@ def common_params(default_aggregation: str) -> tuple[Param, ...]:
         choice("aggregation", default_aggregation, AGGREGATIONS),
         optional_positive("norm_length"),
         nonnegative("kl_coef", 0.0),
+        positive("scale", 1.0),
     )
 
 

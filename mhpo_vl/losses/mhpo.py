@@ -63,6 +63,12 @@ def grad_multiplier(log_ratio: Tensor, c: float = DEFAULTS["c"], **hazard_params
     return torch.exp(psi - dhp_zeta(psi, **hazard_params)) * (1.0 - tanh * tanh)
 
 
+def on_policy_factor(**hazard_params: float) -> float:
+    """exp(-zeta(0)): the survival weight of an on-policy token (r = 1, psi = 0), which multiplies MHPO's objective
+    and gradient relative to GRPO's there; ~0.265 at the defaults. The study's GRPO control is scaled by it."""
+    return float(survival_weight(torch.zeros((), dtype=torch.float64), **hazard_params))
+
+
 def grad_multiplier_bound(c: float) -> float:
     """exp(c^2 / 4): the paper's bound on sup_r M(r) (Eq. 12); ~1.755 at c = 1.5."""
     return float(torch.tensor(c * c / 4.0, dtype=torch.float64).exp())
@@ -119,4 +125,4 @@ SPEC = LossSpec(
     summary="exp(psi - sg zeta(psi)) A, psi = c tanh(log r / c), Weibull hazards of softplus(+-psi)",
 )
 
-__all__ = ["lfm_psi", "dhp_zeta", "survival_weight", "grad_multiplier", "grad_multiplier_bound", "token_loss", "SPEC"]
+__all__ = ["lfm_psi", "dhp_zeta", "survival_weight", "on_policy_factor", "grad_multiplier", "grad_multiplier_bound", "token_loss", "SPEC"]

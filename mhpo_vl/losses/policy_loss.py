@@ -13,7 +13,7 @@ gradient flows back to ``logprobs`` in its own dtype.
 
 Metrics (0-dim tensors, computed under no_grad, means over the valid tokens of THIS call):
 ``ratio_mean``/``ratio_min``/``ratio_max`` of r = exp(clamp(log r, +-20)) (all 1 when there is no valid token),
-``policy_loss`` (the aggregated policy term), ``kl_mean`` and ``kl_loss`` when ref_logprobs is given, plus the
+``policy_loss`` (the aggregated policy term, times ``scale``), ``kl_mean`` and ``kl_loss`` when ref_logprobs is given, plus the
 loss's own diagnostics (clip fractions, MHPO's psi/zeta/survival/M statistics).
 """
 from __future__ import annotations
@@ -78,13 +78,16 @@ def ratio_metrics(inp: LossInput) -> dict[str, Tensor]:
 
 @dataclass(frozen=True)
 class PolicyLoss:
-    """A configured loss: ``spec.token_loss`` with ``params``, aggregated by ``aggregation``, plus kl_coef * KL."""
+    """A configured loss: ``scale`` x (``spec.token_loss`` with ``params``, aggregated by ``aggregation``), plus
+    kl_coef * KL. ``scale`` multiplies the policy term only: it stands for a different loss (e.g. GRPO times MHPO's
+    on-policy factor), while the KL regulariser keeps the weight ``kl_coef`` says, whichever loss it is added to."""
 
     spec: LossSpec
     params: Mapping[str, Any]
     aggregation: str
     norm_length: float | None
     kl_coef: float
+    scale: float = 1.0
 
     @property
     def name(self) -> str:
@@ -114,6 +117,8 @@ class PolicyLoss:
             global_num_seqs=global_num_seqs,
         )
         policy_loss = aggregate(token.loss_NT, weights_NT)
+        if self.scale != 1.0:  # skipped at 1 so the default loss stays bit-identical to the unscaled formula
+            policy_loss = policy_loss * self.scale
         loss = policy_loss
         with torch.no_grad():
             metrics = {**ratio_metrics(inp), **token.metrics, "policy_loss": policy_loss.detach()}
@@ -134,5 +139,5 @@ class PolicyLoss:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return (
             f"build_loss({self.name!r}, {settings}, aggregation={self.aggregation!r}, "
-            f"norm_length={self.norm_length!r}, kl_coef={self.kl_coef!r})"
+            f"norm_length={self.norm_length!r}, kl_coef={self.kl_coef!r}, scale={self.scale!r})"
         )

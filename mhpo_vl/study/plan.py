@@ -1,0 +1,205 @@
+"""What a study runs: settings x loss variants x seeds, each an ordinary `mhpo-vl train` run with a few overrides.
+
+A run's config = the base YAML <- the user's overrides <- the setting's overrides <- the run's own (loss, seed).
+Every loss runs with its own paper defaults (``algorithm.loss_params`` is replaced per run), so a base config's
+loss parameters never leak into another loss. Runs of the same seed share the data order (``data.seed``), the
+rollout seeds (``trainer.seed``) and hence the warm-start, so losses differ only in the update.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mhpo_vl.config import ConfigError, RunConfig, config_to_dict, load_config
+
+# The stress setting, in one place: ratios move far from 1 when each step's rollouts are reused for several
+# optimiser steps (later minibatches and epochs are off-policy) with a larger step, for longer.
+STRESS = {"ppo_epochs": 4, "minibatches_per_step": 4, "lr_factor": 2.0, "steps_factor": 3}
+SETTINGS = ("demo", "stress")
+DEFAULT_LOSSES = "mhpo,grpo,dapo,gspo,sapo,grpo_xmhpo"
+# Keys each run sets itself; a user override of one would be silently overwritten, so it is refused.
+STUDY_KEYS = ("algorithm.loss", "algorithm.loss_params", "trainer.seed", "data.seed", "trainer.output_dir")
+
+
+class StudyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LossVariant:
+    """A row of the study: ``label`` (folder and table name), the loss, and the constant on its policy term."""
+
+    label: str
+    loss: str
+    scale: float = 1.0
+
+    def overrides(self) -> list[str]:
+        params = {"scale": self.scale} if self.scale != 1.0 else {}
+        return [f"algorithm.loss={self.loss}", "algorithm.loss_params=" + yaml.safe_dump(params, default_flow_style=True).strip()]
+
+
+def parse_losses(text: str) -> list[LossVariant]:
+    """``mhpo,grpo,grpo_x0.5,grpo_xmhpo``: a loss name, or NAME_xS for NAME with its policy term times S;
+    ``_xmhpo`` is S = exp(-zeta(0)), MHPO's on-policy factor at its defaults (~0.265), taken from the MHPO module."""
+    from mhpo_vl.losses import LOSSES
+    from mhpo_vl.losses.mhpo import on_policy_factor
+
+    variants = []
+    for label in (part.strip() for part in text.split(",")):
+        name, _, factor = label.partition("_x")
+        if name not in LOSSES:
+            raise StudyError(f"--losses: unknown loss {name!r} in {label!r}; valid: {', '.join(LOSSES)} "
+                             "(optionally NAME_xSCALE, e.g. grpo_x0.5, or NAME_xmhpo for MHPO's on-policy factor)")
+        if not factor:
+            scale = 1.0
+        elif factor == "mhpo":
+            scale = on_policy_factor()
+        else:
+            try:
+                scale = float(factor)
+            except ValueError:
+                scale = math.nan
+            if not (math.isfinite(scale) and scale > 0):
+                raise StudyError(f"--losses: {label!r}: the scale after _x must be a number > 0 or 'mhpo'")
+        variants.append(LossVariant(label, name, scale))
+    _no_duplicates("--losses", [v.label for v in variants])
+    return variants
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise StudyError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    _no_duplicates("--seeds", seeds)
+    return seeds
+
+
+def parse_settings(text: str) -> list[str]:
+    settings = [part.strip() for part in text.split(",")]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise StudyError(f"--settings: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(SETTINGS)}")
+    _no_duplicates("--settings", settings)
+    return settings
+
+
+def _no_duplicates(flag: str, items: list[Any]) -> None:
+    repeated = sorted({str(i) for i in items if items.count(i) > 1})
+    if repeated:
+        raise StudyError(f"{flag}: listed twice: {', '.join(repeated)}")
+
+
+def setting_overrides(setting: str, cfg: RunConfig) -> list[str]:
+    """The overrides of ``setting`` on top of ``cfg`` (the base config with the user's overrides)."""
+    if setting == "demo":
+        return []
+    t = cfg.trainer
+    parts = STRESS["minibatches_per_step"]
+    if t.rollout_batch_size % parts:
+        raise StudyError(f"stress setting: trainer.rollout_batch_size={t.rollout_batch_size} must be a multiple of "
+                         f"{parts} (it is split into {parts} minibatches per step)")
+    return [f"trainer.ppo_epochs={STRESS['ppo_epochs']}", f"trainer.minibatch_size={t.rollout_batch_size // parts}",
+            f"optim.lr={cfg.optim.lr * STRESS['lr_factor']!r}", f"trainer.total_steps={t.total_steps * STRESS['steps_factor']}"]
+
+
+@dataclass(frozen=True)
+class Run:
+    setting: str
+    variant: LossVariant
+    seed: int
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting}/{self.variant.label}/seed{self.seed}"
+
+
+@dataclass
+class Plan:
+    """Everything a study is: written to ``<out>/study.json`` so ``--summarize-only`` needs nothing else."""
+
+    out_dir: Path
+    base_config: str
+    user_overrides: list[str]
+    settings: dict[str, list[str]]  # setting -> its overrides
+    variants: list[LossVariant]
+    seeds: list[int]
+
+    def runs(self) -> list[Run]:
+        return [Run(s, v, k, self.out_dir / s / v.label / f"seed{k}")
+                for s in self.settings for v in self.variants for k in self.seeds]
+
+    def run_overrides(self, run: Run) -> list[str]:
+        return [*self.user_overrides, *self.settings[run.setting], *run.variant.overrides(),
+                f"trainer.seed={run.seed}", f"data.seed={run.seed}"]
+
+    def run_config(self, run: Run) -> RunConfig:
+        return load_config(self.base_config, [*self.run_overrides(run), f"trainer.output_dir={run.dir}"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base_config": self.base_config, "user_overrides": self.user_overrides, "settings": self.settings,
+                "losses": [dataclasses.asdict(v) for v in self.variants], "seeds": self.seeds, "stress": STRESS}
+
+    def save(self) -> Path:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "study.json"
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+
+def make_plan(base_config: str, losses: str, seeds: str, settings: str, out_dir: str | Path,
+              overrides: list[str]) -> Plan:
+    clashes = [o for o in overrides if o.split("=", 1)[0].strip() in STUDY_KEYS]
+    if clashes:
+        raise StudyError(f"override(s) {', '.join(clashes)}: the study sets {', '.join(STUDY_KEYS)} per run")
+    try:
+        base = load_config(base_config, overrides)
+    except ConfigError as err:
+        raise StudyError(f"base config {base_config}: {err}") from None
+    if not base.trainer.resume:
+        raise StudyError(f"base config {base_config}: trainer.resume is false, but the study resumes partial runs "
+                         "from their checkpoints (set it to true)")
+    return Plan(Path(out_dir), base_config, list(overrides),
+                {s: setting_overrides(s, base) for s in parse_settings(settings)}, parse_losses(losses),
+                parse_seeds(seeds))
+
+
+def load_plan(out_dir: str | Path) -> Plan:
+    path = Path(out_dir) / "study.json"
+    if not path.is_file():
+        raise StudyError(f"{path} not found: {out_dir} is not a study folder (run `mhpo-vl study` first)")
+    try:
+        data = json.loads(path.read_text())
+        return Plan(Path(out_dir), data["base_config"], data["user_overrides"], data["settings"],
+                    [LossVariant(**v) for v in data["losses"]], data["seeds"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise StudyError(f"{path}: not a valid study plan ({type(err).__name__}: {err})") from None
+
+
+def config_differences(run: Run, wanted: RunConfig) -> list[str]:
+    """Keys whose value in the run's saved config.yaml differs from what this study would run now (empty: same).
+    A finished or partial run made with another base config or overrides must not be mixed into the study."""
+    saved_path = run.dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flatten(config_to_dict(wanted))
+    keys = sorted((set(saved) | set(now)) - {"trainer.output_dir"})
+    return [f"{k}: {saved.get(k)!r} in the run, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("options", "loss_params", "tiny_overrides"):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,84 @@
+"""``<out>/summary.json``, ``<out>/summary.md`` and ``<out>/figures/<setting>.png`` from a study's run folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mhpo_vl.study.aggregate import COLUMNS, DEFINITIONS, group_records, run_record
+from mhpo_vl.study.figures import plot_setting
+from mhpo_vl.study.plan import STRESS, Plan
+
+# Which extreme each column shows next to mean +- std: the worst seed (lowest accuracy, largest drop/norm/spikes).
+EXTREME = {"val_accuracy_initial": "min", "val_accuracy_final": "min", "val_accuracy_best": "min", "drop": "max",
+           "max_grad_norm": "max", "spikes": "max", "skipped_updates": "max"}
+DIGITS = {"max_grad_norm": 3, "spikes": 1, "skipped_updates": 1}
+
+
+def build_report(plan: Plan) -> dict[str, Path]:
+    records = [run_record(run) for run in plan.runs()]
+    groups = group_records(plan, records)
+    figures = {s: plot_setting(plan, s, plan.out_dir / "figures" / f"{s}.png") for s in plan.settings}
+    summary = {"study": plan.to_json(), "definitions": DEFINITIONS, "groups": groups, "runs": records}
+    json_path = plan.out_dir / "summary.json"
+    json_path.write_text(json.dumps(summary, indent=1) + "\n")
+    md_path = plan.out_dir / "summary.md"
+    md_path.write_text(render_markdown(plan, groups, records, figures))
+    return {"summary.json": json_path, "summary.md": md_path,
+            **{f"figure {s}": p for s, p in figures.items() if p is not None}}
+
+
+def render_markdown(plan: Plan, groups: list[dict[str, Any]], records: list[dict[str, Any]],
+                    figures: dict[str, Path | None]) -> str:
+    base = f"Base config `{plan.base_config}`" + (f" with `{' '.join(plan.user_overrides)}`" if plan.user_overrides else "")
+    lines = [f"# Study `{plan.out_dir}`", "",
+             f"{base}; seeds {', '.join(map(str, plan.seeds))} (`trainer.seed` = `data.seed` = the seed). "
+             f"Rebuild this page: `mhpo-vl study --summarize-only --output-dir {plan.out_dir}`.", "", "## Settings", ""]
+    for setting, overrides in plan.settings.items():
+        what = " ".join(f"`{o}`" for o in overrides) if overrides else "the base config as is"
+        lines.append(f"- **{setting}**: {what}")
+    lines += ["", f"(stress = {json.dumps(STRESS)}: each step's rollouts feed several optimiser steps, so the "
+              "policy moves away from the one that sampled them and ratios leave 1.)", "", "## Losses", "",
+              "| label | loss | scale on the policy term |", "|---|---|---|"]
+    lines += [f"| {v.label} | {v.loss} | {v.scale:.6g} |" for v in plan.variants]
+    for setting in plan.settings:
+        lines += ["", f"## Results: {setting}", "", _group_table([g for g in groups if g["setting"] == setting])]
+        if figures.get(setting):
+            lines += ["", f"![{setting}](figures/{setting}.png)"]
+    lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()]
+    lines += ["", "## Every run", "", _run_table(records)]
+    return "\n".join(lines) + "\n"
+
+
+def _group_table(groups: list[dict[str, Any]]) -> str:
+    head = "| loss | runs done (diverged) / planned | " + " | ".join(title for _, title in COLUMNS) + " |"
+    rows = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for g in groups:
+        cells = [_cell(key, g["stats"][key]) for key, _ in COLUMNS]
+        rows.append(f"| {g['loss']} | {g['runs_done']} ({g['runs_diverged']}) / {g['runs_planned']} | "
+                    + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _cell(key: str, s: dict[str, Any]) -> str:
+    if s["mean"] is None:
+        return "-"
+    digits = DIGITS.get(key, 3)
+    text = f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
+    extreme = EXTREME.get(key)
+    if extreme and s["n"] > 1:
+        text += f" ({extreme} {s[extreme]:.{digits}f})"
+    return text
+
+
+def _run_table(records: list[dict[str, Any]]) -> str:
+    keys = ["val_accuracy_initial", "val_accuracy_final", "val_accuracy_best", "drop", "max_grad_norm"]
+    rows = ["| setting | loss | seed | status | steps | start | final | best | drop | max grad norm | spike steps | "
+            "seconds |", "|" + "---|" * 12]
+    for r in records:
+        nums = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in keys]
+        spikes = ", ".join(map(str, r.get("spike_steps", []))) or "-"
+        seconds = f"{r['wall_seconds']:.0f}" if r.get("wall_seconds") is not None else "-"
+        rows.append(f"| {r['setting']} | {r['loss']} | {r['seed']} | {r['status']} | {r.get('steps', '-')} | "
+                    + " | ".join(nums) + f" | {spikes} | {seconds} |")
+    return "\n".join(rows)

@@ -6,6 +6,9 @@ chat-templated text (one ``<|image_pad|>`` per image: what vLLM takes), and the 
 what the trainer's forward takes) plus its other outputs as an opaque ``model_inputs`` dict.
 ``collate_sequences(prompts, responses, pad_token_id)`` builds the SequenceBatch the trainer runs forward on.
 
+``PromptEncoder.prompt_length(sample)`` gives the same token count without decoding pixels, so a whole dataset is
+measured at load time (``mhpo_vl.run_data``).
+
 A text-only model and tokenizer go through the same code with ``use_images=False``. A prompt over
 ``max_prompt_length`` is a :class:`PromptTooLongError`: cutting it would cut through image tokens ("Image features
 and image tokens do not match") or through the question, so we stop and name the sample instead.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mhpo_vl.images import check_image_header, open_image
+from mhpo_vl.images import DataError, check_image_header, describe_image, open_image
 from mhpo_vl.prompts import PromptTemplate
 from mhpo_vl.types import EncodedPrompt, Sample, SequenceBatch
 
@@ -69,7 +72,8 @@ class PromptEncoder:
             if self.min_pixels > self.max_pixels:
                 raise ValueError(f"min_pixels={self.min_pixels} > max_pixels={self.max_pixels}")
             self.patch_size = int(getattr(self.image_processor, "patch_size", 14))
-            self.image_token_id = self.tokenizer.convert_tokens_to_ids(getattr(processor_or_tokenizer, "image_token", "<|image_pad|>"))
+            image_token = getattr(processor_or_tokenizer, "image_token", "<|image_pad|>")
+            self.image_token_id = self.tokenizer.convert_tokens_to_ids(image_token)
 
     def encode(self, samples: Sequence[Sample]) -> list[EncodedPrompt]:
         return [self.encode_one(sample) for sample in samples]
@@ -97,7 +101,11 @@ class PromptEncoder:
         for image in sample.images:
             width, height = check_image_header(image, file=image if isinstance(image, str) else None,
                                                row=sample.id, field="images")
-            h, w = smart_resize(height, width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+            try:
+                h, w = smart_resize(height, width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+            except ValueError as exc:  # e.g. an aspect ratio over 200: encode_one would fail on it too
+                raise DataError(f"image {describe_image(image)} ({width}x{height}): {exc}", file=sample.source,
+                                row=sample.id, field="images") from None
             visual += (h // self.patch_size) * (w // self.patch_size) // (merge * merge)
         slots = [{"type": "image"} for _ in sample.images]
         prompt_text = self.processor.apply_chat_template(self._messages(slots + [{"type": "text", "text": text}]),
@@ -111,7 +119,7 @@ class PromptEncoder:
 
     def _check_images_allowed(self, sample: Sample) -> None:
         if sample.images and not self.use_images and not self.drop_images:
-            raise ValueError(
+            raise DataError(
                 f"sample {sample.source}/{sample.id} has {len(sample.images)} image(s) but use_images=False; "
                 "pass drop_images=True to encode it as text only"
             )

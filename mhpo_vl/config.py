@@ -196,8 +196,9 @@ class RunConfig:
         return self
 
     def _check_datasets(self) -> None:
-        """The prompt template, dataset names and options, before the model loads. Skipped with data.plugins: a user module registers
-        its names only when imported, which the trainer does (importing user code here would run it at config time)."""
+        """The prompt template, dataset names and options, before the model loads. Names and options are not checked
+        with data.plugins: a user module registers its names only when imported, which the trainer does (importing
+        user code here would run it at config time)."""
         from mhpo_vl.prompts import get_template, load_template
 
         try:  # as the trainer resolves it: a file when one exists, else a built-in name
@@ -225,10 +226,6 @@ def _non_negative(v: Any) -> bool:
 
 def _unit_interval_open_closed(v: Any) -> bool:
     return 0 < v <= 1
-
-
-def _probability(v: Any) -> bool:
-    return 0 <= v <= 1
 
 
 # (dotted key, check, what the message says it must be). A None value passes (None = "use the default/auto");
@@ -271,8 +268,8 @@ RANGES: list[tuple[str, Any, str]] = [
     ("trainer.ppo_epochs", _positive, ">= 1"),
     ("trainer.logprob_micro_batch_size", _positive, "> 0"),
     ("trainer.logprob_chunk_size", _positive, "> 0"),
-    ("trainer.val_every", _non_negative, ">= 0 (0: validate only before training)"),
-    ("trainer.save_every", _non_negative, ">= 0 (0: no periodic checkpoints)"),
+    ("trainer.val_every", _non_negative, ">= 0 (0: no validation during training)"),
+    ("trainer.save_every", _non_negative, ">= 0 (0: no checkpoints)"),
     ("trainer.keep_last", _positive, ">= 1"),
     ("trainer.max_consecutive_nonfinite", _positive, ">= 1"),
     ("trainer.num_threads", _positive, ">= 1 (or null: torch's default)"),

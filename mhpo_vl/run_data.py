@@ -43,24 +43,35 @@ def check_prompt_lengths(encoder: PromptEncoder, samples: list[Sample], key: str
     """``samples`` whose prompts fit ``encoder.max_prompt_length``. Without ``skip_bad`` any prompt over it is a
     PromptTooLongError naming the first (id, length, limit) and how many more; with it they are dropped and listed."""
     limit = encoder.max_prompt_length
-    too_long = [(sample, length) for sample in samples if (length := encoder.prompt_length(sample)) > limit]
-    if not too_long:
-        return samples
-    if not skip_bad:
+    measured = _measure(encoder, samples, key, skip_bad=skip_bad)
+    too_long = [(sample, length) for sample, length in measured if length > limit]
+    if too_long and not skip_bad:
         first, length = too_long[0]
-        others = ", ".join(f"{s.id} ({n})" for s, n in too_long[1:LISTED])
+        others = ", ".join(f"{s.id} ({n})" for s, n in too_long[1:LISTED]) + (", ..." if len(too_long) > LISTED else "")
         more = f"; {len(too_long) - 1} more of {len(samples)} {key} prompts are over it too: {others}" if others else ""
-        if len(too_long) > LISTED:
-            more += ", ..."
         raise PromptTooLongError(first, length, limit, more=f" ({key}){more}",
                                  remedy="raise data.max_prompt_length, lower data.max_pixels, or skip such prompts "
                                         "with data.skip_bad=true (mhpo-vl train --skip-bad)")
-    dropped = {id(s) for s, _ in too_long}
-    kept = [s for s in samples if id(s) not in dropped]
-    print(f"[mhpo-vl data] {key}: skipped {len(too_long)} of {len(samples)} prompt(s) over "
-          f"max_prompt_length={limit} (data.skip_bad):", file=sys.stderr)
-    for sample, length in too_long:
-        print(f"  - {sample.source}/{sample.id}: {length} tokens", file=sys.stderr)
+    if too_long:
+        print(f"[mhpo-vl data] {key}: skipped {len(too_long)} of {len(samples)} prompt(s) over "
+              f"max_prompt_length={limit} (data.skip_bad):", file=sys.stderr)
+        for sample, length in too_long:
+            print(f"  - {sample.source}/{sample.id}: {length} tokens", file=sys.stderr)
+    kept = [sample for sample, length in measured if length <= limit]
     if not kept:
-        raise DataError(f"{key}: every prompt is over max_prompt_length={limit}; nothing left to train on")
+        raise DataError(f"{key}: every sample was skipped (data.skip_bad); nothing left to use")
     return kept
+
+
+def _measure(encoder: PromptEncoder, samples: list[Sample], key: str, *, skip_bad: bool) -> list[tuple[Sample, int]]:
+    """(sample, prompt length) of each sample; one the encoder cannot take (an image it refuses) is a bad row:
+    raised, or with ``skip_bad`` left out and listed."""
+    measured = []
+    for sample in samples:
+        try:
+            measured.append((sample, encoder.prompt_length(sample)))
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            print(f"[mhpo-vl data] {key}: skipped {sample.source}/{sample.id} (data.skip_bad): {exc}", file=sys.stderr)
+    return measured

@@ -332,12 +332,40 @@ def load_dataset_rows(source: str):
     return load_dataset("math500", source)
 
 
-def test_train_skip_bad_flag_sets_data_skip_bad():
-    from mhpo_vl.cli import build_parser
+def test_an_image_the_encoder_refuses_is_a_bad_row_at_load(tmp_path, tiny_processor, capsys):
+    from PIL import Image
 
-    argv = ["train", "--config", DEMO, "--skip-bad"]
-    args = build_parser(argv).parse_args(argv)
-    assert args.skip_bad and not args.verbose
+    from mhpo_vl.collate import PromptEncoder
+    from mhpo_vl.datasets import DataError, load_dataset
+    from mhpo_vl.prompts import get_template
+    from mhpo_vl.run_data import check_prompt_lengths
+
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "square.png")
+    Image.new("RGB", (900, 3), "white").save(tmp_path / "strip.png")  # aspect ratio 300: qwen-vl-utils refuses > 200
+    rows = [{"id": i, "images": [name], "problem": "<image>Find x.", "answer": "3"}
+            for i, name in enumerate(["square.png", "strip.png", "square.png"])]
+    samples = list(load_dataset("geometry3k", str(_jsonl(tmp_path / "g.jsonl", rows)), "train"))
+    encoder = PromptEncoder(tiny_processor, get_template("plain"), max_prompt_length=512)
+    with pytest.raises(DataError, match=r"row 1: field 'images': image .*strip.png \(900x3\): absolute aspect ratio"):
+        check_prompt_lengths(encoder, samples, "data.train", skip_bad=False)
+    kept = check_prompt_lengths(encoder, samples, "data.train", skip_bad=True)
+    assert [s.id for s in kept] == ["0", "2"]
+    assert "data.train: skipped geometry3k/1 (data.skip_bad)" in capsys.readouterr().err
+
+
+def test_train_skip_bad_flag_sets_data_skip_bad(monkeypatch, capsys):
+    import mhpo_vl.config
+
+    seen = {}
+
+    def load_and_stop(path, overrides):
+        seen["cfg"] = load_config(path, overrides)
+        raise ConfigError("stop before the trainer")
+
+    monkeypatch.setattr(mhpo_vl.config, "load_config", load_and_stop)
+    assert main(["train", "--config", DEMO, "--skip-bad"]) == 2
+    assert seen["cfg"].data.skip_bad is True
+    assert main(["train", "--config", DEMO]) == 2 and seen["cfg"].data.skip_bad is False
 
 
 # ----------------------------------------------------------------- 14: eval of a run's checkpoint --

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mhpo_vl.atomic_io import atomic_text_output, same_file
@@ -128,10 +129,33 @@ def _check_input(args: argparse.Namespace, path: Path, reference: dict | None) -
     return bad, blank
 
 
-def run(args: argparse.Namespace) -> int:
-    from mhpo_vl.grading.extract import tail
-    from mhpo_vl.grading.pool import HardTimeoutPool
+@dataclass
+class _Tally:
+    scored: int = 0
+    correct: int = 0
+    timeouts: int = 0
+    failures: int = 0
+    escaped: int = 0  # rows written with \\uXXXX escapes (they hold a lone surrogate)
+    failed_rows: list[str] = field(default_factory=list)
 
+    def add(self, row: dict, result) -> str:
+        """Record one scored row (``result`` from the pool) and return its output line."""
+        if result.error is None:
+            row.update(result.value)
+        else:
+            row.update({"prediction": None, "correct": False, "score_error": result.error})
+            self.timeouts += result.timed_out
+            self.failures += not result.timed_out
+            if len(self.failed_rows) < SUMMARY_LIST_LIMIT:
+                self.failed_rows.append(f"id {row.get('pid', row.get('id', '?'))}: {result.error}")
+        line, needed_escapes = _json_line(row)
+        self.escaped += needed_escapes
+        self.scored += 1
+        self.correct += bool(row["correct"])
+        return line
+
+
+def run(args: argparse.Namespace) -> int:
     path, out_path = Path(args.predictions), Path(args.out)
     if not path.is_file():
         print(f"error: {path}: no such file", file=sys.stderr)
@@ -152,6 +176,34 @@ def run(args: argparse.Namespace) -> int:
         more = f" ({len(bad) - 1} more bad lines; --skip-bad-rows scores the rest)" if len(bad) > 1 else ""
         print(f"error: {path} line {number}: {message}{more}", file=sys.stderr)
         return 2
+    started = time.monotonic()
+    tally = _score_all(args, path, reference, out_path)
+    summary = {
+        "benchmark": args.benchmark,
+        "mode": args.mode if args.benchmark == MATHVISTA else "n/a (one rule set)",
+        "scored": tally.scored,
+        "correct": tally.correct,
+        "accuracy": round(tally.correct / tally.scored, 6) if tally.scored else None,
+        "accuracy_denominator": "scored rows" + (f" ({len(bad)} skipped bad rows not counted)" if bad else ""),
+        "accuracy_with_skipped_as_wrong": (round(tally.correct / (tally.scored + len(bad)), 6)
+                                           if tally.scored + len(bad) else None),
+        "timeouts": tally.timeouts,
+        "errors": tally.failures,
+        "bad_rows_skipped": len(bad),
+        "blank_lines": blank_lines,
+        "rows_written_with_ascii_escapes": tally.escaped,
+        "seconds": round(time.monotonic() - started, 2),
+        "out": str(out_path),
+    }
+    print(json.dumps(summary), file=sys.stderr)
+    _print_notes(summary, tally, bad, path)
+    return 0
+
+
+def _score_all(args: argparse.Namespace, path: Path, reference: dict | None, out_path: Path) -> _Tally:
+    """Score every good row into ``out_path`` (renamed into place only when all are written)."""
+    from mhpo_vl.grading.extract import tail
+    from mhpo_vl.grading.pool import HardTimeoutPool
 
     def tasks():
         for number, row, error in _complete_rows(args, path, reference):
@@ -160,65 +212,35 @@ def run(args: argparse.Namespace) -> int:
                 yield row, (args.benchmark, args.mode, {k: v for k, v in row.items() if k != args.response_field},
                             tail(response) if isinstance(response, str) else response)
 
-    scored = correct = timeouts = failures = escaped = 0
-    failed_rows: list[str] = []
-    started = time.monotonic()
+    tally = _Tally()
     with HardTimeoutPool(args.num_workers, args.timeout_s, preload=["mhpo_vl.grading.warm", "mhpo_vl.scoring"]) as pool, \
             atomic_text_output(out_path) as out:
-        batch: list[tuple[dict, tuple]] = []
-
         def flush(batch: list[tuple[dict, tuple]]) -> None:
-            nonlocal scored, correct, timeouts, failures, escaped
             for (row, _), result in zip(batch, pool.imap(score_row, [task for _, task in batch])):
-                if result.error is None:
-                    row.update(result.value)
-                else:
-                    row.update({"prediction": None, "correct": False, "score_error": result.error})
-                    timeouts += result.timed_out
-                    failures += not result.timed_out
-                    if len(failed_rows) < SUMMARY_LIST_LIMIT:
-                        failed_rows.append(f"id {row.get('pid', row.get('id', '?'))}: {result.error}")
-                line, needed_escapes = _json_line(row)
-                out.write(line)
-                escaped += needed_escapes
-                scored += 1
-                correct += bool(row["correct"])
+                out.write(tally.add(row, result))
+                out.flush()  # progress shows in the temporary file (and survives there a kill -9)
 
+        batch: list[tuple[dict, tuple]] = []
         for item in tasks():
             batch.append(item)
             if len(batch) >= 256:  # bounded memory: megabyte responses stream through
                 flush(batch)
                 batch = []
         flush(batch)
+    return tally
 
-    summary = {
-        "benchmark": args.benchmark,
-        "mode": args.mode if args.benchmark == MATHVISTA else "n/a (one rule set)",
-        "scored": scored,
-        "correct": correct,
-        "accuracy": round(correct / scored, 6) if scored else None,
-        "accuracy_denominator": "scored rows" + (f" ({len(bad)} skipped bad rows not counted)" if bad else ""),
-        "accuracy_with_skipped_as_wrong": round(correct / (scored + len(bad)), 6) if scored + len(bad) else None,
-        "timeouts": timeouts,
-        "errors": failures,
-        "bad_rows_skipped": len(bad),
-        "blank_lines": blank_lines,
-        "rows_written_with_ascii_escapes": escaped,
-        "seconds": round(time.monotonic() - started, 2),
-        "out": str(out_path),
-    }
-    print(json.dumps(summary), file=sys.stderr)
+
+def _print_notes(summary: dict, tally: _Tally, bad: list[tuple[int, str]], path: Path) -> None:
     if bad:
-        print(f"  accuracy {correct}/{scored} is over the scored rows only: {len(bad)} bad row(s) were skipped and are "
-              f"not in the denominator (counted wrong: {correct}/{scored + len(bad)} = "
+        print(f"  accuracy {tally.correct}/{tally.scored} is over the scored rows only: {len(bad)} bad row(s) were "
+              f"skipped and are not in the denominator (counted wrong: {tally.correct}/{tally.scored + len(bad)} = "
               f"{summary['accuracy_with_skipped_as_wrong']})", file=sys.stderr)
-    if escaped:
-        print(f"  {escaped} row(s) hold a lone surrogate (invalid Unicode, e.g. a cut emoji); written with \\uXXXX "
-              "escapes, exactly as read", file=sys.stderr)
-    for line in failed_rows:
+    if tally.escaped:
+        print(f"  {tally.escaped} row(s) hold a lone surrogate (invalid Unicode, e.g. a cut emoji); written with "
+              "\\uXXXX escapes, exactly as read", file=sys.stderr)
+    for line in tally.failed_rows:
         print(f"  scoring failed, counted wrong: {line}", file=sys.stderr)
     for number, message in bad[:SUMMARY_LIST_LIMIT]:
         print(f"  skipped {path} line {number}: {message}", file=sys.stderr)
     if len(bad) > SUMMARY_LIST_LIMIT:
         print(f"  ... and {len(bad) - SUMMARY_LIST_LIMIT} more skipped lines", file=sys.stderr)
-    return 0

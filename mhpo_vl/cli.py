@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 # name -> (module, one-line help). Modules are imported lazily.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +32,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--verbose", action="store_true",
+                       help="show third-party logs live and full tracebacks on errors")
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
             p.set_defaults(_module=module)
@@ -44,7 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - only user errors are caught; anything else is re-raised
+        if not is_user_error(exc):
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else "  (--verbose shows the traceback)"
+        print(f"mhpo-vl {args.command}: error: {exc}{hint}", file=sys.stderr)
+        return 2
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors caused by what the user gave (config, data, paths): one line on stderr, not a traceback.
+    Imported here, not at the top, so `mhpo-vl --help` stays fast."""
+    import yaml
+
+    from mhpo_vl.collate import PromptTooLongError
+    from mhpo_vl.config import ConfigError
+    from mhpo_vl.images import DataError
+
+    return isinstance(exc, (ConfigError, DataError, PromptTooLongError, yaml.YAMLError, FileNotFoundError,
+                            IsADirectoryError, NotADirectoryError))
 
 
 if __name__ == "__main__":

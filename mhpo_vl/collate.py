@@ -6,6 +6,9 @@ chat-templated text (one ``<|image_pad|>`` per image: what vLLM takes), and the 
 what the trainer's forward takes) plus its other outputs as an opaque ``model_inputs`` dict.
 ``collate_sequences(prompts, responses, pad_token_id)`` builds the SequenceBatch the trainer runs forward on.
 
+``PromptEncoder.prompt_length(sample)`` gives the same token count without decoding pixels, so a whole dataset is
+measured at load time (``mhpo_vl.run_data``).
+
 A text-only model and tokenizer go through the same code with ``use_images=False``. A prompt over
 ``max_prompt_length`` is a :class:`PromptTooLongError`: cutting it would cut through image tokens ("Image features
 and image tokens do not match") or through the question, so we stop and name the sample instead.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mhpo_vl.images import open_image
+from mhpo_vl.images import DataError, check_image_header, describe_image, open_image
 from mhpo_vl.prompts import PromptTemplate
 from mhpo_vl.types import EncodedPrompt, Sample, SequenceBatch
 
@@ -23,12 +26,13 @@ _NOT_MODEL_INPUTS = ("input_ids", "attention_mask")
 
 
 class PromptTooLongError(ValueError):
-    def __init__(self, sample: Sample, length: int, limit: int):
+    def __init__(self, sample: Sample, length: int, limit: int, *, more: str = "",
+                 remedy: str = "raise max_prompt_length, lower max_pixels, or drop the sample"):
         self.sample_id, self.length, self.limit = sample.id, length, limit
         images = f" with {len(sample.images)} image(s)" if sample.images else ""
         super().__init__(
-            f"prompt of sample {sample.source}/{sample.id}{images} is {length} tokens, over max_prompt_length={limit}; "
-            "raise max_prompt_length, lower max_pixels, or drop the sample (prompts are never truncated)"
+            f"prompt of sample {sample.source}/{sample.id}{images} is {length} tokens, over max_prompt_length={limit}"
+            f"{more}; {remedy} (prompts are never truncated)"
         )
 
 
@@ -68,30 +72,68 @@ class PromptEncoder:
             if self.min_pixels > self.max_pixels:
                 raise ValueError(f"min_pixels={self.min_pixels} > max_pixels={self.max_pixels}")
             self.patch_size = int(getattr(self.image_processor, "patch_size", 14))
+            image_token = getattr(processor_or_tokenizer, "image_token", "<|image_pad|>")
+            self.image_token_id = self.tokenizer.convert_tokens_to_ids(image_token)
 
     def encode(self, samples: Sequence[Sample]) -> list[EncodedPrompt]:
         return [self.encode_one(sample) for sample in samples]
 
     def encode_one(self, sample: Sample) -> EncodedPrompt:
         text = self.template.render(sample)
-        if sample.images and not self.use_images and not self.drop_images:
-            raise ValueError(
-                f"sample {sample.source}/{sample.id} has {len(sample.images)} image(s) but use_images=False; "
-                "pass drop_images=True to encode it as text only"
-            )
+        self._check_images_allowed(sample)
         if self.use_images and sample.images:
             return self._encode_with_images(sample, text)
         return self._encode_text(sample, text)
+
+    def prompt_length(self, sample: Sample) -> int:
+        """The number of tokens ``encode_one(sample)`` gives, without decoding or resizing pixels: each image's
+        visual tokens follow from its header size through the same ``smart_resize`` qwen-vl-utils applies, so a
+        whole dataset is checked in seconds at load time (tests check it equals ``encode_one``)."""
+        text = self.template.render(sample)
+        self._check_images_allowed(sample)
+        if not (self.use_images and sample.images):
+            return len(self._encode_text(sample, text, check=False).prompt_token_ids)
+        from qwen_vl_utils.vision_process import SPATIAL_MERGE_SIZE, smart_resize
+
+        factor = self.patch_size * SPATIAL_MERGE_SIZE  # what process_vision_info resizes to
+        merge = int(getattr(self.image_processor, "merge_size", SPATIAL_MERGE_SIZE))
+        visual = 0
+        for image in sample.images:
+            width, height = check_image_header(image, file=image if isinstance(image, str) else None,
+                                               row=sample.id, field="images")
+            try:
+                h, w = smart_resize(height, width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+            except ValueError as exc:  # e.g. an aspect ratio over 200: encode_one would fail on it too
+                raise DataError(f"image {describe_image(image)} ({width}x{height}): {exc}", file=sample.source,
+                                row=sample.id, field="images") from None
+            visual += (h // self.patch_size) * (w // self.patch_size) // (merge * merge)
+        slots = [{"type": "image"} for _ in sample.images]
+        prompt_text = self.processor.apply_chat_template(self._messages(slots + [{"type": "text", "text": text}]),
+                                                         add_generation_prompt=True, tokenize=False)
+        ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        pads = sum(1 for t in ids if t == self.image_token_id)
+        if pads != len(sample.images):
+            raise ValueError(f"sample {sample.source}/{sample.id}: the chat template wrote {pads} image pad tokens "
+                             f"for {len(sample.images)} image(s)")
+        return len(ids) - pads + visual  # each pad becomes that image's visual tokens
+
+    def _check_images_allowed(self, sample: Sample) -> None:
+        if sample.images and not self.use_images and not self.drop_images:
+            raise DataError(
+                f"sample {sample.source}/{sample.id} has {len(sample.images)} image(s) but use_images=False; "
+                "pass drop_images=True to encode it as text only"
+            )
 
     def _messages(self, content: Any) -> list[dict]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
         return messages + [{"role": "user", "content": content}]
 
-    def _encode_text(self, sample: Sample, text: str) -> EncodedPrompt:
+    def _encode_text(self, sample: Sample, text: str, *, check: bool = True) -> EncodedPrompt:
         prompt_text = self.processor.apply_chat_template(self._messages(text), add_generation_prompt=True, tokenize=False)
         # The chat template already wrote the special tokens; the tokenizer must not add a BOS of its own.
         ids = list(self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-        self._check_length(sample, len(ids))
+        if check:
+            self._check_length(sample, len(ids))
         return EncodedPrompt(sample=sample, prompt_text=prompt_text, prompt_token_ids=ids)
 
     def _encode_with_images(self, sample: Sample, text: str) -> EncodedPrompt:
@@ -118,6 +160,22 @@ class PromptEncoder:
     def _check_length(self, sample: Sample, length: int) -> None:
         if length > self.max_prompt_length:
             raise PromptTooLongError(sample, length, self.max_prompt_length)
+
+
+def check_pixels_match_processor(image_processor: Any, min_pixels: int | None, max_pixels: int | None,
+                                 model: str) -> None:
+    """vLLM resizes each image again with the model's own image-processor limits (its preprocessor_config.json).
+    An image the encoder resized outside those limits comes out at another size there, and the prompt's token ids
+    differ ("prompt token ids differ (153 vs 483)"): refuse such limits before the engine starts."""
+    low, high = _processor_pixel_range(image_processor)
+    min_pixels = low if min_pixels is None else min_pixels
+    max_pixels = high if max_pixels is None else max_pixels
+    if min_pixels < low or max_pixels > high:
+        raise ValueError(
+            f"image pixel limits {min_pixels}..{max_pixels} are outside {model}'s own image processor limits "
+            f"{low}..{high} (preprocessor_config.json), which vLLM applies again: images would be resized twice and "
+            f"prompts would differ between the encoder and vLLM. Pass --min-pixels/--max-pixels within {low}..{high} "
+            "(for a checkpoint of a training run: the run's data.min_pixels/max_pixels)")
 
 
 def _processor_pixel_range(image_processor: Any) -> tuple[int, int]:

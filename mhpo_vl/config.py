@@ -8,6 +8,7 @@ Defaults follow EasyR1's `examples/config.yaml` (the recipe the MHPO paper says 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,9 @@ class DataConfig:
     max_pixels: int | None = 4194304  # EasyR1
     shuffle: bool = True
     seed: int = 1
+    # Bad rows (unreadable fields or images, empty gold answers) and prompts over max_prompt_length: skip them
+    # (each one listed by id) instead of stopping the run. `mhpo-vl train --skip-bad` sets it.
+    skip_bad: bool = False
 
 
 @dataclass
@@ -154,21 +158,25 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> "RunConfig":
+        """Every value in range and the sections consistent, before anything heavy starts (one ConfigError)."""
+        for key, ok, wanted in RANGES:
+            value = _get_dotted(self, key)
+            if not _in_range(value, ok):
+                raise ConfigError(f"{key} must be {wanted}, got {value!r}")
         t = self.trainer
         checks = [
-            (t.rollout_batch_size > 0, "trainer.rollout_batch_size must be > 0"),
-            (t.minibatch_size > 0, "trainer.minibatch_size must be > 0"),
             (t.rollout_batch_size % t.minibatch_size == 0,
              f"trainer.rollout_batch_size ({t.rollout_batch_size}) must be a multiple of trainer.minibatch_size ({t.minibatch_size})"),
-            (t.micro_batch_size > 0, "trainer.micro_batch_size must be > 0"),
-            (t.ppo_epochs >= 1, "trainer.ppo_epochs must be >= 1"),
-            (self.rollout.n >= 1, "rollout.n must be >= 1"),
             (self.rollout.backend in ("vllm", "hf"), f"rollout.backend must be 'vllm' or 'hf', got {self.rollout.backend!r}"),
             (self.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32|bfloat16|float16, got {self.model.dtype!r}"),
             (t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto|cpu|cuda, got {t.device!r}"),
-            (self.algorithm.kl_coef >= 0, "algorithm.kl_coef must be >= 0"),
-            (self.warmstart.stop_at_answer_prob is None or 0 < self.warmstart.stop_at_answer_prob <= 1,
-             f"warmstart.stop_at_answer_prob must be in (0, 1] or null, got {self.warmstart.stop_at_answer_prob}"),
+            (len(self.optim.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.optim.betas),
+             f"optim.betas must be two numbers in [0, 1), got {list(self.optim.betas)}"),
+            (self.reward.accuracy_weight + self.reward.format_weight > 0,
+             "reward.accuracy_weight + reward.format_weight must be > 0 (otherwise every reward is 0)"),
+            (self.data.min_pixels is None or self.data.max_pixels is None or self.data.min_pixels <= self.data.max_pixels,
+             f"data.min_pixels ({self.data.min_pixels}) must be <= data.max_pixels ({self.data.max_pixels})"),
+            (bool(self.data.train.name) and bool(self.data.val.name), "data.train.name and data.val.name must be set"),
             # The warm-start steps the bare module with its own optimiser; DeepSpeed keeps its own (partitioned)
             # master weights, which would overwrite those steps or, under ZeRO-3, not let them run at all.
             (self.warmstart.steps == 0 or t.deepspeed is None,
@@ -179,11 +187,114 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_datasets()
         # The loss name and its parameters are validated by the loss table itself (one place).
         from mhpo_vl.losses import build_loss
 
-        build_loss(self.algorithm.loss, **self.algorithm.loss_kwargs())
+        try:
+            build_loss(self.algorithm.loss, **self.algorithm.loss_kwargs())
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"algorithm.loss={self.algorithm.loss!r} / algorithm.loss_params: {exc}") from exc
         return self
+
+    def _check_datasets(self) -> None:
+        """The prompt template, dataset names and options, before the model loads. Names and options are not checked
+        with data.plugins: a user module registers its names only when imported, which the trainer does (importing
+        user code here would run it at config time)."""
+        from mhpo_vl.prompts import get_template, load_template
+
+        try:  # as the trainer resolves it: a file when one exists, else a built-in name
+            load_template(self.data.template) if Path(self.data.template).is_file() else get_template(self.data.template)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"data.template: {exc}") from None
+        if self.data.plugins:
+            return
+        from mhpo_vl.datasets import adapter_for
+
+        for key, spec in (("data.train", self.data.train), ("data.val", self.data.val)):
+            try:
+                adapter_for(spec.name, spec.options)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _unit_interval_open_closed(v: Any) -> bool:
+    return 0 < v <= 1
+
+
+# (dotted key, check, what the message says it must be). A None value passes (None = "use the default/auto");
+# every float must also be finite. Relations between keys are checked in RunConfig.validate itself.
+RANGES: list[tuple[str, Any, str]] = [
+    ("data.max_prompt_length", _positive, "> 0"),
+    ("data.min_pixels", _positive, "> 0 (or null: the processor's own)"),
+    ("data.max_pixels", _positive, "> 0 (or null: the processor's own)"),
+    ("data.train.limit", _positive, "> 0 (or null: every row)"),
+    ("data.val.limit", _positive, "> 0 (or null: every row)"),
+    ("rollout.n", _positive, ">= 1"),
+    ("rollout.temperature", _positive, "> 0 (RL sampling is stochastic)"),
+    ("rollout.top_p", _unit_interval_open_closed, "in (0, 1]"),
+    ("rollout.max_tokens", _positive, ">= 1"),
+    ("rollout.gpu_memory_utilization", _unit_interval_open_closed, "in (0, 1]"),
+    ("rollout.max_model_len", _positive, "> 0 (or null: max_prompt_length + max_tokens)"),
+    ("rollout.val_temperature", _positive, "> 0"),
+    ("rollout.val_top_p", _unit_interval_open_closed, "in (0, 1]"),
+    ("rollout.val_n", _positive, ">= 1"),
+    ("reward.accuracy_weight", _non_negative, ">= 0"),
+    ("reward.format_weight", _non_negative, ">= 0"),
+    ("reward.num_workers", _positive, ">= 1"),
+    ("reward.timeout_s", _positive, "> 0"),
+    ("algorithm.adv_eps", _positive, "> 0"),
+    ("algorithm.kl_coef", _non_negative, ">= 0"),
+    ("algorithm.max_refill_rounds", _non_negative, ">= 0"),
+    ("optim.lr", _positive, "> 0"),
+    ("optim.weight_decay", _non_negative, ">= 0"),
+    ("optim.eps", _positive, "> 0"),
+    ("optim.max_grad_norm", _positive, "> 0"),
+    ("optim.warmup_steps", _non_negative, ">= 0"),
+    ("warmstart.steps", _non_negative, ">= 0"),
+    ("warmstart.lr", _positive, "> 0"),
+    ("warmstart.batch_size", _positive, ">= 1"),
+    ("warmstart.stop_at_answer_prob", _unit_interval_open_closed, "in (0, 1] (or null: every warm-start step runs)"),
+    # 0 RL steps would save no checkpoint at all (a warm-start alone would be lost): at least one step.
+    ("trainer.total_steps", _positive, ">= 1"),
+    ("trainer.rollout_batch_size", _positive, "> 0"),
+    ("trainer.minibatch_size", _positive, "> 0"),
+    ("trainer.micro_batch_size", _positive, "> 0"),
+    ("trainer.ppo_epochs", _positive, ">= 1"),
+    ("trainer.logprob_micro_batch_size", _positive, "> 0"),
+    ("trainer.logprob_chunk_size", _positive, "> 0"),
+    ("trainer.val_every", _non_negative, ">= 0 (0: no validation during training)"),
+    ("trainer.save_every", _non_negative, ">= 0 (0: no checkpoints)"),
+    ("trainer.keep_last", _positive, ">= 1"),
+    ("trainer.max_consecutive_nonfinite", _positive, ">= 1"),
+    ("trainer.num_threads", _positive, ">= 1 (or null: torch's default)"),
+]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _get_dotted(obj: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        obj = getattr(obj, key)
+    return obj
+
+
+def _in_range(value: Any, ok: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return bool(ok(value))
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -257,28 +368,45 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge; `loss_params` is replaced whole, since another loss's parameters would be invalid for it."""
+# Dataset specs: one whose `name` differs from the spec it is merged onto replaces that spec whole, so a child
+# config (or an override) that switches datasets does not inherit the other dataset's source, split, limit and
+# options. The same name deep-merges as every other section.
+DATASET_SPEC_KEYS = ("data.train", "data.val")
+REPLACED_WHOLE_KEYS = ("algorithm.loss_params",)  # another loss's parameters would be invalid for the new one
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], path: str = "", *, user_layers: bool = True) -> dict[str, Any]:
+    """Deep merge of ``extra`` onto ``base``. ``user_layers``: both are user-written (a `base:` YAML and its child,
+    or the YAML and the overrides), so the dataset-spec rule applies; merging onto the built-in defaults it does not."""
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "loss_params":
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
+        key = f"{path}.{k}" if path else k
+        old = out.get(k)
+        replace = (key in REPLACED_WHOLE_KEYS or not isinstance(v, dict) or not isinstance(old, dict)
+                   or (user_layers and key in DATASET_SPEC_KEYS and "name" in v and v["name"] != old.get("name")))
+        out[k] = v if replace else _merge(old, v, key, user_layers=user_layers)
     return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults <- YAML file (may name a `base:` YAML, relative to itself) <- overrides; validated."""
     tree = _read_yaml_with_bases(Path(path)) if path else {}
+    try:
+        _build(RunConfig, tree, "")  # unknown keys and wrong types are reported against what the user wrote
+    except ConfigError as exc:
+        raise ConfigError(f"config {path} (or its base:): {exc}") from None
     tree = _merge(tree, parse_overrides(overrides or []))
-    _build(RunConfig, tree, "")  # unknown keys and wrong types are reported against what the user wrote
+    _build(RunConfig, tree, "")  # the same for the overrides
     # Merge over the full defaults so a partial section keeps its other defaults (e.g. data.val.name).
-    return _build(RunConfig, _merge(config_to_dict(RunConfig()), tree), "").validate()
+    return _build(RunConfig, _merge(config_to_dict(RunConfig()), tree, user_layers=False), "").validate()
 
 
 def _read_yaml_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -286,14 +414,28 @@ def _read_yaml_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, 
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"config {path}: circular `base:` chain")
-    with open(path) as f:
-        tree = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: invalid YAML ({_yaml_problem(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path}: not UTF-8 text (byte {exc.start})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     base = tree.pop("base", None)
     if base:
         tree = _merge(_read_yaml_with_bases(path.parent / base, seen + (path.resolve(),)), tree)
     return tree
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's error as 'line L, column C: problem' (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = f"{context}, {problem}" if context else problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {text}" if mark is not None else text
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

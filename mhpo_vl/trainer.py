@@ -135,11 +135,9 @@ class Trainer:
         self.encoder = PromptEncoder(self.policy.processor, template, max_prompt_length=cfg.data.max_prompt_length,
                                      use_images=cfg.data.use_images, min_pixels=cfg.data.min_pixels,
                                      max_pixels=cfg.data.max_pixels, system_prompt=cfg.data.system_prompt)
-        from mhpo_vl.datasets import import_plugins
+        from mhpo_vl.run_data import load_run_datasets
 
-        import_plugins(cfg.data.plugins)  # user adapters register their names before the datasets are loaded
-        self.train_samples = self._load(cfg.data.train)
-        self.val_samples = self._load(cfg.data.val)
+        self.train_samples, self.val_samples = load_run_datasets(cfg.data, self.encoder)  # every prompt checked
         self.order = PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
         loss_kwargs = cfg.algorithm.loss_kwargs()
@@ -167,16 +165,6 @@ class Trainer:
             self._restore(resume_from)
 
     # ------------------------------------------------------------------------------------------------ set-up --
-    def _load(self, spec) -> list[Sample]:
-        from mhpo_vl.datasets import load_dataset
-
-        samples = load_dataset(spec.name, spec.source, spec.split, **spec.options)
-        if spec.limit is not None:
-            samples = samples[: spec.limit]
-        if not samples:
-            raise ValueError(f"dataset {spec.name} (source={spec.source}, split={spec.split}) has no rows")
-        return samples
-
     def _make_sampler(self, model_path: str):
         r = self.cfg.rollout
         if r.backend == "hf":

@@ -50,9 +50,9 @@ def test_wrong_types_and_invalid_values_are_errors():
 
 
 def test_overrides_keep_other_defaults_and_parse_yaml_scalars(tmp_path):
-    cfg = load_config(None, ["optim.lr=2e-6", "data.train.options={n: 5}", "rollout.n=8"])
+    cfg = load_config(None, ["optim.lr=2e-6", "data.train.limit=5", "rollout.n=8"])
     assert cfg.optim.lr == 2e-6 and cfg.rollout.n == 8
-    assert cfg.data.train.name == "geometry3k" and cfg.data.train.options == {"n": 5}  # name kept from defaults
+    assert cfg.data.train.name == "geometry3k" and cfg.data.train.limit == 5  # name kept from defaults
     assert cfg.data.val.split == "test"
     save_config(cfg, tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")

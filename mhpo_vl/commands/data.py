@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     overlap.add_argument("--hash-distance", type=int, default=None, help="max dHash bit distance (of 256)")
     overlap.add_argument("--skip-bad", action="store_true")
     overlap.add_argument("--import", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE")
+    for nested in (show, overlap):  # `data show ... --verbose` too; SUPPRESS keeps a `data --verbose show` value
+        nested.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="show third-party logs live and full tracebacks on errors")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -166,8 +166,10 @@ def build_plans(args: argparse.Namespace) -> list[BenchmarkPlan]:
     from mhpo_vl.prompts import get_template
 
     plans = []
+    training_template = getattr(args, "training_template", None)  # set by with_run_defaults
     for bench in benchmarks:
-        template = templates.get(bench.name, bench.template)
+        default = training_template if training_template and bench.template == TRAINING_TEMPLATE else bench.template
+        template = templates.get(bench.name, default)
         get_template(template)  # unknown name / missing file: an error now, not after the engine started
         plans.append(BenchmarkPlan(
             benchmark=bench, source=sources.get(bench.name), split=splits.get(bench.name, bench.split),
@@ -213,13 +215,67 @@ def check_images(plans: list[BenchmarkPlan], model_is_vision: bool, no_images: b
                              f"(e.g. {', '.join(missing[:5])}); choose problems with --ids, or pass --no-images")
 
 
-def pixel_budget(args: argparse.Namespace) -> tuple[int, int]:
-    """(min_pixels, max_pixels): the flags, else the training defaults, so a model sees images as it was trained."""
+def pixel_budget(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """(min_pixels, max_pixels): the flags, else the run's own (a checkpoint of a training run, see
+    ``with_run_defaults``; None = the processor's own limits), else the training defaults, so a model sees images as
+    it was trained."""
     from mhpo_vl.config import DataConfig
 
-    defaults = DataConfig()
-    return (args.min_pixels if args.min_pixels is not None else defaults.min_pixels,
-            args.max_pixels if args.max_pixels is not None else defaults.max_pixels)
+    defaults, from_run = DataConfig(), getattr(args, "run_pixels", {})
+    return tuple(getattr(args, key) if getattr(args, key) is not None
+                 else from_run[key] if key in from_run else getattr(defaults, key)
+                 for key in ("min_pixels", "max_pixels"))
+
+
+TRAINING_TEMPLATE = "reason_boxed"  # benchmarks without an official prompt use the training prompt (benchmarks.py)
+
+
+def checkpoint_run_config(model: str) -> Path | None:
+    """RUN/config.yaml when ``model`` is a checkpoint folder of a training run (RUN/checkpoints/NAME)."""
+    path = Path(model)
+    config = path.parent.parent / "config.yaml"
+    return config if path.is_dir() and path.parent.name == "checkpoints" and config.is_file() else None
+
+
+def with_run_defaults(args: argparse.Namespace, model: str) -> argparse.Namespace:
+    """``args`` completed from the training run ``model`` is a checkpoint of: its image limits
+    (data.min_pixels/max_pixels), system prompt and, for benchmarks that use the training prompt, its template,
+    wherever the flags leave them unset; what was taken is said on stderr. Other models: ``args`` unchanged.
+    data.max_prompt_length is not taken: it bounds the training prompts, and a benchmark's prompts may be longer."""
+    import copy
+
+    import yaml
+
+    from mhpo_vl.prompts import get_template
+
+    config = checkpoint_run_config(model)
+    if config is None:
+        return args
+    try:
+        data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise ValueError(f"{config}: not a readable run config ({exc}); pass --min-pixels/--max-pixels") from None
+    args, taken = copy.copy(args), []
+    args.run_pixels = {key: data.get(key) for key in ("min_pixels", "max_pixels")
+                       if getattr(args, key) is None and key in data}
+    own = "null (the processor's own)"
+    taken += [f"data.{key}={own if value is None else value}" for key, value in args.run_pixels.items()]
+    if args.system_prompt is None and data.get("system_prompt") is not None:
+        args.system_prompt = data["system_prompt"]
+        taken.append("data.system_prompt")
+    template = data.get("template")
+    if template and template != TRAINING_TEMPLATE:
+        try:
+            get_template(template)
+            args.training_template = template
+            taken.append(f"data.template={template} (for benchmarks that use the training prompt)")
+        except (ValueError, OSError) as exc:
+            print(f"[mhpo-vl eval] the run's template {template!r} is not usable here ({exc}); using "
+                  f"{TRAINING_TEMPLATE}", file=sys.stderr)
+    if taken:
+        print(f"[mhpo-vl eval] {model} is a checkpoint of the run {config.parent}: using its {', '.join(taken)} "
+              "(flags override)", file=sys.stderr)
+    return args
 
 
 def run_settings(plan: BenchmarkPlan, args: argparse.Namespace, model: str, use_images: bool) -> dict[str, Any]:
@@ -298,6 +354,7 @@ def evaluate(args: argparse.Namespace, model: str, output_dir: str | Path, label
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
     out = Path(output_dir)
+    args = with_run_defaults(args, model)
     plans = build_plans(args)
     for plan in plans:
         load_plan_samples(plan, args.limit)
@@ -357,18 +414,22 @@ def evaluate(args: argparse.Namespace, model: str, output_dir: str | Path, label
 def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision) -> dict[str, float]:
     from tqdm import tqdm
 
-    from mhpo_vl.collate import PromptEncoder
+    from mhpo_vl.collate import PromptEncoder, check_pixels_match_processor
     from mhpo_vl.evaluate import RESPONSES_FILE, ResponsesFile
     from mhpo_vl.grading import Grader
     from mhpo_vl.prompts import get_template
     from mhpo_vl.rollout.sampling import SamplingConfig
 
     started = time.perf_counter()
-    sampler, processor = make_sampler(args, model)
-    if processor is None:
-        processor = load_processor(model, is_vision)
-    timing = {"engine_start": time.perf_counter() - started}
     min_pixels, max_pixels = pixel_budget(args)
+    processor = None
+    if args.backend == "vllm":
+        processor = load_processor(model, is_vision)
+        if use_images:  # before the engine starts (minutes): vLLM resizes every image again with the model's limits
+            check_pixels_match_processor(processor.image_processor, min_pixels, max_pixels, model)
+    sampler, hf_processor = make_sampler(args, model)
+    processor = processor or hf_processor
+    timing = {"engine_start": time.perf_counter() - started}
     try:
         with Grader(num_workers=args.grader_workers, timeout_s=args.grader_timeout) as grader:
             for plan in plans:

@@ -7,7 +7,8 @@ Adapters register themselves by name (see :data:`DATASETS`); a user module adds 
 or a column-mapping YAML needs no code at all (``load_dataset("my_data.yaml")``). See docs/datasets.md.
 """
 from mhpo_vl.datasets.base import (
-    DATASETS, DatasetAdapter, LoadedSamples, Record, SkippedRow, import_plugins, load_dataset, register_dataset,
+    DATASETS, DatasetAdapter, LoadedSamples, Record, SkippedRow, adapter_for, import_plugins, load_dataset,
+    register_dataset,
 )
 from mhpo_vl.images import DataError
 
@@ -15,6 +16,6 @@ from mhpo_vl.images import DataError
 from mhpo_vl.datasets import geometry3k, mathvista, mathvision, mathverse, text_math, geosynth, column_mapping  # noqa: E402,F401
 
 __all__ = [
-    "DATASETS", "DataError", "DatasetAdapter", "LoadedSamples", "Record", "SkippedRow", "import_plugins", "load_dataset",
-    "register_dataset",
+    "DATASETS", "DataError", "DatasetAdapter", "LoadedSamples", "Record", "SkippedRow", "adapter_for", "import_plugins",
+    "load_dataset", "register_dataset",
 ]

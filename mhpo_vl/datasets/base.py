@@ -98,6 +98,8 @@ class DatasetAdapter:
                 if record.error is not None:
                     raise record.error
                 sample = self.to_sample(record)
+                if sample is not None:
+                    check_gold_answer(sample, record)
             except DataError as exc:
                 if not skip_bad:
                     raise
@@ -107,6 +109,13 @@ class DatasetAdapter:
                 samples.append(sample)
         samples.notices.extend(getattr(self, "_notices", []))
         return samples
+
+
+def check_gold_answer(sample: Sample, record: Record) -> None:
+    """An empty gold answer would leave RL with the format reward alone (nothing can be graded right): bad row."""
+    if not isinstance(sample.answer, str) or not sample.answer.strip():
+        raise DataError(f"empty gold answer ({sample.answer!r}) for sample {sample.id!r}; every problem needs one",
+                        file=record.file, row=record.row, field="answer")
 
 
 def load_dataset(
@@ -123,14 +132,7 @@ def load_dataset(
     """
     if name not in DATASETS and _looks_like_mapping_file(name):
         name, source = "columns", name
-    adapter_cls = DATASETS.get(name)
-    if adapter_cls is None:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))} "
-                         "(or the path of a column-mapping .yaml/.json file)")
-    valid = [f.name for f in dataclasses.fields(adapter_cls)] if dataclasses.is_dataclass(adapter_cls) else []
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid options: {', '.join(valid) or 'none'}")
+    adapter_cls = adapter_for(name, options)
     adapter = adapter_cls(**options)
     samples = adapter.load(source, split, skip_bad=skip_bad)
     _report(name, source, samples)
@@ -139,6 +141,24 @@ def load_dataset(
         detail = f"; {len(samples.skipped)} row(s) were skipped as bad" if samples.skipped else ""
         raise DataError(f"dataset {name!r} gave no samples for split {split!r}{detail}", file=where)
     return samples
+
+
+def adapter_for(name: str, options: dict[str, Any]) -> type[DatasetAdapter]:
+    """The adapter class registered as ``name`` (or "columns" for a column-mapping file), after checking that it
+    takes every option given. Cheap: run-config validation calls it before anything heavy starts."""
+    if name not in DATASETS and _looks_like_mapping_file(name):
+        name = "columns"
+    adapter_cls = DATASETS.get(name)
+    if adapter_cls is None and name.endswith((".yaml", ".yml", ".json")):
+        raise ValueError(f"column-mapping file not found: {name} (relative to {Path.cwd()})")
+    if adapter_cls is None:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))} "
+                         "(or the path of a column-mapping .yaml/.json file)")
+    valid = [f.name for f in dataclasses.fields(adapter_cls)] if dataclasses.is_dataclass(adapter_cls) else []
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid options: {', '.join(valid) or 'none'}")
+    return adapter_cls
 
 
 def import_plugins(modules: Iterable[str]) -> None:

@@ -127,6 +127,8 @@ class Columns(DatasetAdapter):
         mapping, cols = self.mapping, self.mapping.columns
         question = text_field(record, cols["question"])
         answer = text_field(record, cols["answer"]).strip()
+        if not answer:  # named by its column here; DatasetAdapter.load would only know the canonical "answer"
+            raise DataError("empty gold answer", file=record.file, row=record.row, field=cols["answer"])
         choices = None
         metadata: dict[str, Any] = {}
         if "choices" in cols:

@@ -168,6 +168,10 @@ class VLLMSampler:
                     f"prompt {i} (sample {prompt.sample.source}/{prompt.sample.id}): vLLM's prompt token ids differ from "
                     f"the encoded prompt's ({len(output.prompt_token_ids)} vs {len(prompt.prompt_token_ids)} tokens); "
                     "trainer and sampler would score different sequences"
+                    + (". The prompt has images: the likely cause is image pixel limits (min_pixels/max_pixels) that "
+                       "differ between the prompt encoder and the model's own image processor, which vLLM applies "
+                       "(preprocessor_config.json); use limits within the processor's, e.g. the training run's "
+                       "data.min_pixels/max_pixels" if prompt.images else "")
                 )
             completions = [self._completion(c) for c in output.outputs]
             for c in completions:

@@ -156,7 +156,16 @@ def test_runner_refuses_run_folders_made_with_another_config(base_config, tmp_pa
         run_study(changed, launch=FakeLaunch(changed), log=lambda _: None)
 
 
-def test_ctrl_c_stops_the_running_training_and_the_study(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c_handler():
+    """A shell starts background jobs with SIGINT ignored, and Python and its children keep that: install Python's
+    Ctrl-C handler as a terminal session has it, so the Ctrl-C tests mean the same wherever the suite is launched."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_the_running_training_and_the_study(tmp_path, monkeypatch, ctrl_c_handler):
     # The child interrupts its parent (this test process) as Ctrl-C in a terminal would, then waits to be stopped:
     # it did not get the SIGINT itself, so after the grace period the runner sends it one.
     monkeypatch.setattr("mhpo_vl.study.runner.STOP_GRACE_S", 0.5)
@@ -172,7 +181,7 @@ def test_ctrl_c_stops_the_running_training_and_the_study(tmp_path, monkeypatch):
     assert "KeyboardInterrupt" in (tmp_path / "console.log").read_text()  # its output went to the log
 
 
-def test_ctrl_c_in_a_terminal_reaches_both_and_the_study_returns_at_once(tmp_path):
+def test_ctrl_c_in_a_terminal_reaches_both_and_the_study_returns_at_once(tmp_path, ctrl_c_handler):
     """A terminal's Ctrl-C goes to the whole foreground process group: the training stops by itself and the runner,
     waiting for it, returns as soon as it has stopped, without sending more signals."""
     from run_helpers import REPO, RUN_ENV

@@ -355,7 +355,7 @@ def test_disk_full_on_a_real_tiny_filesystem(tiny_filesystem, writer):
 # ----------------------------------------------------------------------------------- 13: locks ----------
 
 HOLD_LOCK = ("import sys, time\nfrom mhpo_vl.run_dir import DirectoryLock\n"
-             "DirectoryLock(sys.argv[1], 'test holder').acquire()\nprint('locked', flush=True)\ntime.sleep(600)\n")
+             "lock = DirectoryLock(sys.argv[1], 'test holder').acquire()\nprint('locked', flush=True)\ntime.sleep(600)\n")
 
 
 @pytest.fixture

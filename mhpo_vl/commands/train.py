@@ -23,9 +23,15 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as e:
         print(f"mhpo-vl train: config error: {e}", file=sys.stderr)
         return 2
+    from mhpo_vl.checkpoint import CheckpointError
+    from mhpo_vl.run_dir import RunDirError
     from mhpo_vl.trainer import Trainer, TrainingDivergedError
 
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except (RunDirError, CheckpointError) as e:  # the directory is held, bound to other settings, or damaged
+        print(f"mhpo-vl train: {e}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.fit()
     except TrainingDivergedError as e:

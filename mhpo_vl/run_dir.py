@@ -83,7 +83,11 @@ class DirectoryLock:
             handle.close()
         previous = _read_holder(self.path)
         if previous:
-            _take_over(self.path, previous)
+            try:
+                _take_over(self.path, previous)
+            except RunDirError:
+                handle.close()
+                raise
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
@@ -108,8 +112,11 @@ class DirectoryLock:
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    def __del__(self) -> None:
-        self.release()
+    def __del__(self) -> None:  # a lock object dropped without release() (a Trainer that was never closed)
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - at interpreter exit os/pathlib may be gone; the kernel drops the flock
+            pass
 
 
 def _read_holder(path: Path) -> dict[str, Any]:

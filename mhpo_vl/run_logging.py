@@ -24,7 +24,8 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: F401
             except ImportError as e:  # tensorboard is a declared dependency; say so rather than run without it
-                raise RuntimeError("TensorBoard logging needs the `tensorboard` package (pip install tensorboard)") from e
+                raise RuntimeError("TensorBoard logging needs the `tensorboard` package "
+                                   "(pip install tensorboard)") from e
             # Opened at the first write, so that a resume can first tell it where to cut (purge_step).
             self._tb_args = {"log_dir": str(Path(output_dir) / "tensorboard")}
 

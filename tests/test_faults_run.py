@@ -51,7 +51,8 @@ def _used_run_dir(out: Path, model_dir: Path, **extra) -> list[str]:
     out.mkdir(parents=True)
     save_config(load_config(None, overrides), out / "config.yaml")
     _save(CheckpointManager(out), 2)
-    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward/mean": s / 10}) + "\n" for s in (1, 2, 3)))
+    rows = [json.dumps({"step": s, "reward/mean": s / 10}) + "\n" for s in (1, 2, 3)]
+    (out / "metrics.jsonl").write_text("".join(rows))
     return overrides
 
 
@@ -355,7 +356,8 @@ def test_disk_full_on_a_real_tiny_filesystem(tiny_filesystem, writer):
 # ----------------------------------------------------------------------------------- 13: locks ----------
 
 HOLD_LOCK = ("import sys, time\nfrom mhpo_vl.run_dir import DirectoryLock\n"
-             "lock = DirectoryLock(sys.argv[1], 'test holder').acquire()\nprint('locked', flush=True)\ntime.sleep(600)\n")
+             "lock = DirectoryLock(sys.argv[1], 'test holder').acquire()\n"
+             "print('locked', flush=True)\ntime.sleep(600)\n")
 
 
 @pytest.fixture
@@ -403,6 +405,19 @@ def test_a_stale_lock_file_naming_a_dead_pid_is_taken_over(tmp_path, caplog):
     tmp_path.joinpath("mhpo-vl.lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
     with DirectoryLock(tmp_path, "evaluation"):
         assert f"pid {dead.pid}" in caplog.text
+
+
+def test_a_lock_file_from_another_host_is_never_taken_over(tmp_path):
+    from mhpo_vl.run_dir import DirectoryLock, RunDirError
+
+    tmp_path.joinpath("mhpo-vl.lock").write_text(json.dumps({"pid": 1, "host": "another-node"}))
+    with pytest.raises(RunDirError, match="pid 1 on host another-node .*delete the lock file") as first:
+        DirectoryLock(tmp_path, "training run").acquire()  # `first` keeps the failed call's frame (and files) alive
+    # The refused attempt let go of the flock: a second one is refused for the same reason, not as "in use".
+    with pytest.raises(RunDirError, match="cannot be checked from this host"):
+        DirectoryLock(tmp_path, "training run").acquire()
+    assert json.loads(tmp_path.joinpath("mhpo-vl.lock").read_text())["host"] == "another-node"
+    del first
 
 
 def test_train_refuses_a_run_directory_another_process_holds(lock_holder, tiny_vl_model_dir):

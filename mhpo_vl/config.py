@@ -141,7 +141,9 @@ class TrainerConfig:
     keep_last: int = 1  # latest checkpoints kept (besides the best)
     max_consecutive_nonfinite: int = 3  # stop after this many skipped (non-finite) updates in a row
     deepspeed: str | None = None  # path to a DeepSpeed JSON config (ZeRO-2/3); None = plain torch
-    resume: bool = True  # continue from <output_dir>/checkpoints latest when one exists
+    resume: bool = True  # continue from the newest intact checkpoint in <output_dir> when one exists
+    overwrite: bool = False  # start a new run in a used output_dir, removing the old run's files first
+    allow_config_change: bool = False  # resume a run with settings that differ from its config.yaml (logged)
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None  # torch CPU threads
 

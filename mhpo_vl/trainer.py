@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state
-from mhpo_vl.config import RunConfig, save_config
+from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state, write_durably
+from mhpo_vl.config import RunConfig
 from mhpo_vl.data_order import PromptOrder
+from mhpo_vl.run_dir import RunDirectory, apply_optimizer_settings, release_run_dir_on_error
 from mhpo_vl.run_logging import MetricsWriter
 from mhpo_vl.types import Completion, EncodedPrompt, Sample
 
@@ -81,6 +82,7 @@ def resolve_model_path(cfg: RunConfig, cache_root: Path) -> str:
 
 
 class Trainer:
+    @release_run_dir_on_error  # a failed start leaves the directory free for the next try in this process
     def __init__(self, cfg: RunConfig, *, cache_dir: str | Path = ".cache"):
         from mhpo_vl.collate import PromptEncoder
         from mhpo_vl.distributed import Runtime
@@ -111,7 +113,9 @@ class Trainer:
 
         self.model_path = resolve_model_path(cfg, Path(cache_dir) / "tiny_models")
         self.ckpt = CheckpointManager(self.out, keep_last=t.keep_last)
-        resume_from = self.ckpt.latest() if t.resume else None
+        # Locked, checked against the run's config, never mixed; resume from the newest intact checkpoint.
+        self.run_dir = RunDirectory(cfg, self.ckpt)
+        resume_from = self.run_dir.open(is_main=self.rt.is_main, share=self.rt.all_gather_objects)
         load_from = str(resume_from) if resume_from else self.model_path
 
         dtype = getattr(torch, cfg.model.dtype)
@@ -152,8 +156,6 @@ class Trainer:
                                         truncated_reward=cfg.reward.truncated_reward)
         self.sampler = self._make_sampler(load_from)
         self.writer = MetricsWriter(self.out, enabled=self.rt.is_main)
-        if self.rt.is_main:
-            save_config(cfg, self.out / "config.yaml")
 
         self.step_idx = 0
         self.nonfinite_in_a_row = 0
@@ -161,6 +163,8 @@ class Trainer:
         self.val_history: list[dict[str, Any]] = []
         self.summary_extra: dict[str, Any] = {}
         self.resumed_from = None
+        self.wall_seconds_before = 0.0  # earlier segments of this run (up to the checkpoint resumed from)
+        self._fit_started: float | None = None
         if resume_from:
             self._restore(resume_from)
 
@@ -500,7 +504,7 @@ class Trainer:
             "step": self.step_idx, "order": self.order.state_dict(), "rng": rng_state(),
             "optimizer": self.rt.optimizer_state(), "val_history": self.val_history,
             "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row,
-            "summary_extra": self.summary_extra,
+            "summary_extra": self.summary_extra, "wall_seconds": self.wall_seconds(),
         }
         full = None  # save_pretrained reads the module itself, whose parameters are whole except under ZeRO-3
         if self.rt.zero_stage == 3:  # partitioned: every rank takes part in gathering them
@@ -517,7 +521,7 @@ class Trainer:
 
         self.ckpt.save(self.step_idx, save_model=save_model, trainer_state=state, val_accuracy=val_accuracy,
                        save_shards=self.rt.save_deepspeed_state if self.rt.uses_deepspeed else None,
-                       is_main=self.rt.is_main, barrier=self.rt.barrier)
+                       is_main=self.rt.is_main, barrier=self.rt.barrier, all_agree=self.rt.all_agree)
 
     def _restore(self, checkpoint: Path) -> None:
         state = CheckpointManager.load_trainer_state(checkpoint)
@@ -526,19 +530,22 @@ class Trainer:
         set_rng_state(state["rng"])
         self.rt.load_optimizer_state(state["optimizer"])
         self.rt.load_deepspeed_state(str(checkpoint))
+        apply_optimizer_settings(self.optimizer, self.cfg.optim)  # the config in force, not the saved groups'
         self.val_history = state["val_history"]
         self.nonfinite_total = state["nonfinite_total"]
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         self.summary_extra = state.get("summary_extra", {})
+        self.wall_seconds_before = state.get("wall_seconds", 0.0)
         self.resumed_from = str(checkpoint)
         self.writer.truncate_after(self.step_idx)
 
     # ------------------------------------------------------------------------------------------------ run ---
+    @release_run_dir_on_error  # Ctrl-C or a failure: the next run in this process may take the directory
     def fit(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         t = self.cfg.trainer
-        start = time.perf_counter()
+        self._fit_started = time.perf_counter()
         if self.resumed_from is None:
             if self.cfg.warmstart.steps > 0:
                 before = self.validate()
@@ -553,10 +560,10 @@ class Trainer:
                 self._log_val(self.validate())
         bar = tqdm(total=t.total_steps, initial=self.step_idx, desc="RL", disable=not self.rt.is_main,
                    dynamic_ncols=True)
-        last_val = None
         try:
             while self.step_idx < t.total_steps:
                 metrics = self.step()
+                last_val = None  # a checkpoint is credited only with a validation of its own step
                 if t.val_every > 0 and (self.step_idx % t.val_every == 0 or self.step_idx == t.total_steps):
                     val = self.validate()
                     metrics.update(val)
@@ -570,11 +577,17 @@ class Trainer:
                     self.save_checkpoint(last_val)
         finally:
             bar.close()
-        summary = self.summary(time.perf_counter() - start)
+        summary = self.summary(self.wall_seconds())
         if self.rt.is_main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_durably(self.out / "summary.json", json.dumps(summary, indent=1))
         self.close()
         return summary
+
+    def wall_seconds(self) -> float:
+        """Time in fit() over the whole run: the earlier segments (up to the checkpoint this one resumed from)
+        plus this one. Time a killed segment spent after its last checkpoint is not counted: it was redone."""
+        now = time.perf_counter() - self._fit_started if self._fit_started is not None else 0.0
+        return self.wall_seconds_before + now
 
     def _log_val(self, val: dict[str, float], *, tag: str | None = None, write: bool = True) -> float:
         record = {"step": self.step_idx, "accuracy": val["val/accuracy"], **({"tag": tag} if tag else {})}
@@ -599,7 +612,7 @@ class Trainer:
         self.writer.close()
         self.grader.close()
         self.sampler.close()
-
+        self.run_dir.release()
 
 
 def _template(name_or_path: str):

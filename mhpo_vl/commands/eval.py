@@ -343,7 +343,15 @@ def make_sampler(args: argparse.Namespace, model: str):
 
 
 def evaluate(args: argparse.Namespace, model: str, output_dir: str | Path, label: str | None = None) -> dict[str, Any]:
-    """Evaluate ``model`` on the benchmarks in ``args``; resumable; returns (and writes) the summary."""
+    """Evaluate ``model`` on the benchmarks in ``args``; resumable; returns (and writes) the summary. The output
+    directory is locked meanwhile: a second evaluation into it is refused with this one's pid (RunDirError)."""
+    from mhpo_vl.run_dir import DirectoryLock
+
+    with DirectoryLock(output_dir, "evaluation"):
+        return _evaluate(args, model, output_dir, label)
+
+
+def _evaluate(args: argparse.Namespace, model: str, output_dir: str | Path, label: str | None) -> dict[str, Any]:
     from mhpo_vl.evaluate import (
         RESPONSES_FILE, SUMMARY_JSON, SUMMARY_MD, ResponsesFile, breakdown, check_run_settings, macro_average,
         summarize_problems, summary_markdown,

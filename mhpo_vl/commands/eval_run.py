@@ -39,10 +39,7 @@ def read_index(run_dir: Path) -> dict[str, Any]:
     path = checkpoints.root / "index.json"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint index at {path} (is {run_dir} a training run directory with checkpoints?)")
-    try:
-        index = checkpoints.index()
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: corrupt JSON ({exc})") from None
+    index = checkpoints.index()  # a corrupt file: CheckpointError (a ValueError) naming it
     if not isinstance(index, dict) or not index.get("latest"):
         raise ValueError(f"{path}: no 'latest' checkpoint named")
     return index

@@ -24,9 +24,15 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_bad:
         overrides.append("data.skip_bad=true")
     cfg = load_config(args.config, overrides)  # a ConfigError is one line on stderr (mhpo_vl.cli), exit 2
+    from mhpo_vl.checkpoint import CheckpointError
+    from mhpo_vl.run_dir import RunDirError
     from mhpo_vl.trainer import Trainer, TrainingDivergedError
 
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except (RunDirError, CheckpointError) as e:  # the directory is held, bound to other settings, or damaged
+        print(f"mhpo-vl train: {e}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.fit()
     except TrainingDivergedError as e:

@@ -105,7 +105,12 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     max_grad_norm: float = 1.0
+    # Learning-rate schedule over the run's optimiser updates (ppo_epochs * rollout_batch_size / minibatch_size
+    # per RL step; see mhpo_vl/lr_schedule.py): linear warm-up over `warmup_steps` UPDATES, then `lr_schedule`:
+    # "constant" (EasyR1) or "cosine" down to min_lr_ratio * lr at the last update.
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.0
 
 
 @dataclass
@@ -152,6 +157,8 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> "RunConfig":
+        from mhpo_vl.lr_schedule import SCHEDULES
+
         t = self.trainer
         checks = [
             (t.rollout_batch_size > 0, "trainer.rollout_batch_size must be > 0"),
@@ -165,6 +172,13 @@ class RunConfig:
             (self.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32|bfloat16|float16, got {self.model.dtype!r}"),
             (t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto|cpu|cuda, got {t.device!r}"),
             (self.algorithm.kl_coef >= 0, "algorithm.kl_coef must be >= 0"),
+            (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+            (self.optim.warmup_steps >= 0,
+             f"optim.warmup_steps must be >= 0 (optimiser updates), got {self.optim.warmup_steps}"),
+            (self.optim.lr_schedule in SCHEDULES,
+             f"optim.lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.optim.lr_schedule!r}"),
+            (0.0 <= self.optim.min_lr_ratio <= 1.0,
+             f"optim.min_lr_ratio must be in [0, 1] (a fraction of optim.lr), got {self.optim.min_lr_ratio}"),
             # The warm-start steps the bare module with its own optimiser; DeepSpeed keeps its own (partitioned)
             # master weights, which would overwrite those steps or, under ZeRO-3, not let them run at all.
             (self.warmstart.steps == 0 or t.deepspeed is None,

@@ -23,6 +23,7 @@ import torch
 from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state
 from mhpo_vl.config import RunConfig, save_config
 from mhpo_vl.data_order import PromptOrder
+from mhpo_vl.lr_schedule import lr_at, total_updates, updates_per_step
 from mhpo_vl.run_logging import MetricsWriter
 from mhpo_vl.types import Completion, EncodedPrompt, Sample
 
@@ -377,10 +378,14 @@ class Trainer:
         grad_norms: list[float] = []
         minibatch_losses: list[float] = []  # this rank's share; summed over ranks below
         skipped = 0
+        lr = float("nan")
         self.model.train()
         for _epoch in range(t.ppo_epochs):
             perm = torch.randperm(n, generator=gen).tolist()
             for lo in range(0, n, self.local_minibatch_rows):
+                # The schedule is a function of the update's index alone: a resumed run continues it exactly.
+                lr = lr_at(self.step_idx * updates_per_step(t) + len(grad_norms), self.cfg.optim, total_updates(t))
+                self.rt.set_lr(lr)
                 rows = perm[lo : lo + self.local_minibatch_rows]
                 micro = [rows[i : i + t.micro_batch_size] for i in range(0, len(rows), t.micro_batch_size)]
                 lengths = [len(rollouts.completions[i].token_ids) for i in rows]
@@ -432,6 +437,7 @@ class Trainer:
         metrics["grad_norm_max"] = float(np.max(finite_norms)) if finite_norms else float("nan")
         metrics["updates/skipped_nonfinite"] = float(skipped)
         metrics["updates/applied"] = float(len(grad_norms) - skipped)
+        metrics["optim/lr"] = lr  # the learning rate of the step's last update
         return metrics
 
     def _skip_update(self) -> tuple[float, bool]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state
-from mhpo_vl.config import RunConfig, save_config
+from mhpo_vl.config import DatasetSpec, RunConfig, save_config
 from mhpo_vl.data_order import PromptOrder
 from mhpo_vl.lr_schedule import lr_at, total_updates, updates_per_step
 from mhpo_vl.run_logging import MetricsWriter
@@ -167,7 +167,7 @@ class Trainer:
             self._restore(resume_from)
 
     # ------------------------------------------------------------------------------------------------ set-up --
-    def _load(self, spec) -> list[Sample]:
+    def _load(self, spec: DatasetSpec) -> list[Sample]:
         from mhpo_vl.datasets import load_dataset
 
         samples = load_dataset(spec.name, spec.source, spec.split, **spec.options)

@@ -30,6 +30,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--verbose", action="store_true",
+                       help="show third-party logs live and full tracebacks on errors")
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
             p.set_defaults(_module=module)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mhpo_vl import console
 from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state
 from mhpo_vl.config import DatasetSpec, RunConfig, save_config
 from mhpo_vl.data_order import PromptOrder
@@ -114,7 +115,8 @@ class Trainer:
         self.ckpt = CheckpointManager(self.out, keep_last=t.keep_last)
         resume_from = self.ckpt.latest() if t.resume else None
         load_from = str(resume_from) if resume_from else self.model_path
-
+        console.line(f"loading the policy from {load_from} ({cfg.model.dtype}, {self.rt.device}, "
+                     f"{self.rt.world_size} process{'es' if self.rt.world_size > 1 else ''})")
         dtype = getattr(torch, cfg.model.dtype)
         self.policy = load_policy(load_from, dtype=dtype, freeze_vision=cfg.model.freeze_vision_tower,
                                   attn_implementation=cfg.model.attn_implementation)
@@ -141,6 +143,8 @@ class Trainer:
         import_plugins(cfg.data.plugins)  # user adapters register their names before the datasets are loaded
         self.train_samples = self._load(cfg.data.train)
         self.val_samples = self._load(cfg.data.val)
+        console.line(f"data: {len(self.train_samples)} training problems ({cfg.data.train.name}), "
+                     f"{len(self.val_samples)} held-out ({cfg.data.val.name})")
         self.order = PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
         loss_kwargs = cfg.algorithm.loss_kwargs()
@@ -165,6 +169,7 @@ class Trainer:
         self.resumed_from = None
         if resume_from:
             self._restore(resume_from)
+            console.line(f"resuming from {resume_from} (step {self.step_idx} of {t.total_steps})")
 
     # ------------------------------------------------------------------------------------------------ set-up --
     def _load(self, spec: DatasetSpec) -> list[Sample]:
@@ -186,10 +191,14 @@ class Trainer:
         from mhpo_vl.rollout.vllm_sampler import VLLMSampler
 
         max_len = r.max_model_len or (self.cfg.data.max_prompt_length + r.max_tokens)
-        return VLLMSampler(model_path, max_model_len=max_len, dtype=self.cfg.model.dtype,
-                           seed=self.cfg.trainer.seed + 1000 * self.rt.rank,
-                           gpu_memory_utilization=r.gpu_memory_utilization,
-                           enable_sleep_mode=r.enable_sleep_mode and self.rt.device.type == "cuda")
+        console.line(f"starting the vLLM engine (max_model_len {max_len})")
+        started = time.perf_counter()
+        sampler = VLLMSampler(model_path, max_model_len=max_len, dtype=self.cfg.model.dtype,
+                              seed=self.cfg.trainer.seed + 1000 * self.rt.rank,
+                              gpu_memory_utilization=r.gpu_memory_utilization,
+                              enable_sleep_mode=r.enable_sleep_mode and self.rt.device.type == "cuda")
+        console.line(f"vLLM engine ready in {time.perf_counter() - started:.0f} s")
+        return sampler
 
     # ------------------------------------------------------------------------------------------- the step ----
     def train_sampling(self):
@@ -531,9 +540,11 @@ class Trainer:
             self.rt.unwrapped().save_pretrained(folder, state_dict=full, safe_serialization=True)
             self.policy.processor.save_pretrained(folder)
 
-        self.ckpt.save(self.step_idx, save_model=save_model, trainer_state=state, val_accuracy=val_accuracy,
-                       save_shards=self.rt.save_deepspeed_state if self.rt.uses_deepspeed else None,
-                       is_main=self.rt.is_main, barrier=self.rt.barrier)
+        saved = self.ckpt.save(self.step_idx, save_model=save_model, trainer_state=state,
+                               val_accuracy=val_accuracy,
+                               save_shards=self.rt.save_deepspeed_state if self.rt.uses_deepspeed else None,
+                               is_main=self.rt.is_main, barrier=self.rt.barrier)
+        console.line(f"saved checkpoint {saved.name}")
 
     def _restore(self, checkpoint: Path) -> None:
         state = CheckpointManager.load_trainer_state(checkpoint)
@@ -551,8 +562,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ run ---
     def fit(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
         t = self.cfg.trainer
         start = time.perf_counter()
         if self.resumed_from is None:
@@ -564,11 +573,12 @@ class Trainer:
 
                 ws = run_warmstart(self, self.cfg.warmstart)
                 self.summary_extra.update(ws)
+                console.line(f"warm-start done: {ws['warmstart_steps']} steps in {ws['warmstart_seconds']:.0f} s, "
+                             f"final loss {ws['warmstart_final_loss']:.3f}")
                 self.sync_weights()
             if t.val_before_train:
                 self._log_val(self.validate())
-        bar = tqdm(total=t.total_steps, initial=self.step_idx, desc="RL", disable=not self.rt.is_main,
-                   dynamic_ncols=True)
+        bar = console.progress(total=t.total_steps, initial=self.step_idx, desc="RL", unit="step")
         last_val = None
         try:
             while self.step_idx < t.total_steps:
@@ -598,6 +608,9 @@ class Trainer:
             self.val_history.append(record)
         if write and self.rt.is_main:
             self.writer.write(self.step_idx, {**val, **({"val/tag": tag} if tag else {})})
+        when = tag.replace("_", " ").replace("warmstart", "warm-start") if tag else f"at step {self.step_idx}"
+        console.line(f"validation {when}: accuracy {val['val/accuracy']:.3f}, format {val['val/format_rate']:.3f} "
+                     f"(Avg@{self.cfg.rollout.val_n} over {val['val/num_answers']:.0f} answers)")
         return val["val/accuracy"]
 
     def summary(self, seconds: float) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from mhpo_vl import console
 from mhpo_vl.config import WarmStartConfig
 
 
@@ -34,7 +35,7 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
     losses = []
     start = time.perf_counter()
     model.train()
-    for step in range(cfg.steps):
+    for _ in console.progress(iterable=range(cfg.steps), desc="warm-start", unit="step"):
         idx = torch.randint(len(samples), (cfg.batch_size,), generator=gen).tolist()
         missing = [i for i in dict.fromkeys(idx) if i not in cache]
         for i, enc in zip(missing, trainer.encoder.encode([samples[i] for i in missing])):

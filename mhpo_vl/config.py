@@ -110,7 +110,12 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     max_grad_norm: float = 1.0
+    # Learning-rate schedule over the run's optimiser updates (ppo_epochs * rollout_batch_size / minibatch_size
+    # per RL step; see mhpo_vl/lr_schedule.py): linear warm-up over `warmup_steps` UPDATES, then `lr_schedule`:
+    # "constant" (EasyR1) or "cosine" down to min_lr_ratio * lr at the last update.
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.0
 
 
 @dataclass
@@ -161,6 +166,8 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Every value in range and the sections consistent, before anything heavy starts (one ConfigError)."""
+        from mhpo_vl.lr_schedule import SCHEDULES
+
         for key, ok, wanted in RANGES:
             value = _get_dotted(self, key)
             if not _in_range(value, ok):
@@ -172,13 +179,10 @@ class RunConfig:
             (self.rollout.backend in ("vllm", "hf"), f"rollout.backend must be 'vllm' or 'hf', got {self.rollout.backend!r}"),
             (self.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32|bfloat16|float16, got {self.model.dtype!r}"),
             (t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto|cpu|cuda, got {t.device!r}"),
-            (len(self.optim.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.optim.betas),
-             f"optim.betas must be two numbers in [0, 1), got {list(self.optim.betas)}"),
-            (self.reward.accuracy_weight + self.reward.format_weight > 0,
-             "reward.accuracy_weight + reward.format_weight must be > 0 (otherwise every reward is 0)"),
-            (self.data.min_pixels is None or self.data.max_pixels is None or self.data.min_pixels <= self.data.max_pixels,
-             f"data.min_pixels ({self.data.min_pixels}) must be <= data.max_pixels ({self.data.max_pixels})"),
-            (bool(self.data.train.name) and bool(self.data.val.name), "data.train.name and data.val.name must be set"),
+            (self.optim.lr_schedule in SCHEDULES,
+             f"optim.lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.optim.lr_schedule!r}"),
+            (0.0 <= self.optim.min_lr_ratio <= 1.0,
+             f"optim.min_lr_ratio must be in [0, 1] (a fraction of optim.lr), got {self.optim.min_lr_ratio}"),
             # The warm-start steps the bare module with its own optimiser; DeepSpeed keeps its own (partitioned)
             # master weights, which would overwrite those steps or, under ZeRO-3, not let them run at all.
             (self.warmstart.steps == 0 or t.deepspeed is None,

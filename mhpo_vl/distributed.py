@@ -133,6 +133,13 @@ class Runtime:
         self.optimizer.zero_grad(set_to_none=True)
         return norm, applied
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next `step()`. Under DeepSpeed, `self.optimizer` is the ZeRO optimiser, whose
+        param_groups are the wrapped torch optimiser's: its step reads "lr" from them (no DeepSpeed scheduler is
+        configured, so nothing else writes it)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def discard_gradients(self) -> None:
         if self.uses_deepspeed:
             # Close DeepSpeed's accumulation window without stepping, then clear what it accumulated.

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mhpo_vl import console
 from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state, write_durably
 from mhpo_vl.config import RunConfig
 from mhpo_vl.data_order import PromptOrder
+from mhpo_vl.lr_schedule import lr_at, total_updates, updates_per_step
 from mhpo_vl.run_dir import RunDirectory, apply_optimizer_settings, release_run_dir_on_error
 from mhpo_vl.run_logging import MetricsWriter
 from mhpo_vl.types import Completion, EncodedPrompt, Sample
@@ -117,7 +119,8 @@ class Trainer:
         self.run_dir = RunDirectory(cfg, self.ckpt)
         resume_from = self.run_dir.open(is_main=self.rt.is_main, share=self.rt.all_gather_objects)
         load_from = str(resume_from) if resume_from else self.model_path
-
+        console.line(f"loading the policy from {load_from} ({cfg.model.dtype}, {self.rt.device}, "
+                     f"{self.rt.world_size} process{'es' if self.rt.world_size > 1 else ''})")
         dtype = getattr(torch, cfg.model.dtype)
         self.policy = load_policy(load_from, dtype=dtype, freeze_vision=cfg.model.freeze_vision_tower,
                                   attn_implementation=cfg.model.attn_implementation)
@@ -142,6 +145,8 @@ class Trainer:
         from mhpo_vl.run_data import load_run_datasets
 
         self.train_samples, self.val_samples = load_run_datasets(cfg.data, self.encoder)  # every prompt checked
+        console.line(f"data: {len(self.train_samples)} training problems ({cfg.data.train.name}), "
+                     f"{len(self.val_samples)} held-out ({cfg.data.val.name})")
         self.order = PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
         loss_kwargs = cfg.algorithm.loss_kwargs()
@@ -167,6 +172,7 @@ class Trainer:
         self._fit_started: float | None = None
         if resume_from:
             self._restore(resume_from)
+            console.line(f"resuming from {resume_from} (step {self.step_idx} of {t.total_steps})")
 
     # ------------------------------------------------------------------------------------------------ set-up --
     def _make_sampler(self, model_path: str):
@@ -178,10 +184,14 @@ class Trainer:
         from mhpo_vl.rollout.vllm_sampler import VLLMSampler
 
         max_len = r.max_model_len or (self.cfg.data.max_prompt_length + r.max_tokens)
-        return VLLMSampler(model_path, max_model_len=max_len, dtype=self.cfg.model.dtype,
-                           seed=self.cfg.trainer.seed + 1000 * self.rt.rank,
-                           gpu_memory_utilization=r.gpu_memory_utilization,
-                           enable_sleep_mode=r.enable_sleep_mode and self.rt.device.type == "cuda")
+        console.line(f"starting the vLLM engine (max_model_len {max_len})")
+        started = time.perf_counter()
+        sampler = VLLMSampler(model_path, max_model_len=max_len, dtype=self.cfg.model.dtype,
+                              seed=self.cfg.trainer.seed + 1000 * self.rt.rank,
+                              gpu_memory_utilization=r.gpu_memory_utilization,
+                              enable_sleep_mode=r.enable_sleep_mode and self.rt.device.type == "cuda")
+        console.line(f"vLLM engine ready in {time.perf_counter() - started:.0f} s")
+        return sampler
 
     # ------------------------------------------------------------------------------------------- the step ----
     def train_sampling(self):
@@ -371,10 +381,14 @@ class Trainer:
         grad_norms: list[float] = []
         minibatch_losses: list[float] = []  # this rank's share; summed over ranks below
         skipped = 0
+        lr = float("nan")
         self.model.train()
         for _epoch in range(t.ppo_epochs):
             perm = torch.randperm(n, generator=gen).tolist()
             for lo in range(0, n, self.local_minibatch_rows):
+                # The schedule is a function of the update's index alone: a resumed run continues it exactly.
+                lr = lr_at(self.step_idx * updates_per_step(t) + len(grad_norms), self.cfg.optim, total_updates(t))
+                self.rt.set_lr(lr)
                 rows = perm[lo : lo + self.local_minibatch_rows]
                 micro = [rows[i : i + t.micro_batch_size] for i in range(0, len(rows), t.micro_batch_size)]
                 lengths = [len(rollouts.completions[i].token_ids) for i in rows]
@@ -426,6 +440,7 @@ class Trainer:
         metrics["grad_norm_max"] = float(np.max(finite_norms)) if finite_norms else float("nan")
         metrics["updates/skipped_nonfinite"] = float(skipped)
         metrics["updates/applied"] = float(len(grad_norms) - skipped)
+        metrics["optim/lr"] = lr  # the learning rate of the step's last update
         return metrics
 
     def _skip_update(self) -> tuple[float, bool]:
@@ -519,9 +534,11 @@ class Trainer:
             self.rt.unwrapped().save_pretrained(folder, state_dict=full, safe_serialization=True)
             self.policy.processor.save_pretrained(folder)
 
-        self.ckpt.save(self.step_idx, save_model=save_model, trainer_state=state, val_accuracy=val_accuracy,
-                       save_shards=self.rt.save_deepspeed_state if self.rt.uses_deepspeed else None,
-                       is_main=self.rt.is_main, barrier=self.rt.barrier, all_agree=self.rt.all_agree)
+        saved = self.ckpt.save(self.step_idx, save_model=save_model, trainer_state=state,
+                               val_accuracy=val_accuracy,
+                               save_shards=self.rt.save_deepspeed_state if self.rt.uses_deepspeed else None,
+                               is_main=self.rt.is_main, barrier=self.rt.barrier, all_agree=self.rt.all_agree)
+        console.line(f"saved checkpoint {saved.name}")
 
     def _restore(self, checkpoint: Path) -> None:
         state = CheckpointManager.load_trainer_state(checkpoint)
@@ -542,8 +559,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ run ---
     @release_run_dir_on_error  # Ctrl-C or a failure: the next run in this process may take the directory
     def fit(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
         t = self.cfg.trainer
         self._fit_started = time.perf_counter()
         if self.resumed_from is None:
@@ -555,11 +570,12 @@ class Trainer:
 
                 ws = run_warmstart(self, self.cfg.warmstart)
                 self.summary_extra.update(ws)
+                console.line(f"warm-start done: {ws['warmstart_steps']} steps in {ws['warmstart_seconds']:.0f} s, "
+                             f"final loss {ws['warmstart_final_loss']:.3f}")
                 self.sync_weights()
             if t.val_before_train:
                 self._log_val(self.validate())
-        bar = tqdm(total=t.total_steps, initial=self.step_idx, desc="RL", disable=not self.rt.is_main,
-                   dynamic_ncols=True)
+        bar = console.progress(total=t.total_steps, initial=self.step_idx, desc="RL", unit="step")
         try:
             while self.step_idx < t.total_steps:
                 metrics = self.step()
@@ -595,6 +611,9 @@ class Trainer:
             self.val_history.append(record)
         if write and self.rt.is_main:
             self.writer.write(self.step_idx, {**val, **({"val/tag": tag} if tag else {})})
+        when = tag.replace("_", " ").replace("warmstart", "warm-start") if tag else f"at step {self.step_idx}"
+        console.line(f"validation {when}: accuracy {val['val/accuracy']:.3f}, format {val['val/format_rate']:.3f} "
+                     f"(Avg@{self.cfg.rollout.val_n} over {val['val/num_answers']:.0f} answers)")
         return val["val/accuracy"]
 
     def summary(self, seconds: float) -> dict[str, Any]:

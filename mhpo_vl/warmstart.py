@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from mhpo_vl import console
 from mhpo_vl.config import WarmStartConfig
 
 
@@ -62,7 +63,7 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
     steps_run = 0
     start = time.perf_counter()
     model.train()
-    for step in range(cfg.steps):
+    for _ in console.progress(iterable=range(cfg.steps), desc="warm-start", unit="step"):
         idx = torch.randint(len(samples), (cfg.batch_size,), generator=gen).tolist()
         missing = [i for i in dict.fromkeys(idx) if i not in cache]
         for i, enc in zip(missing, trainer.encoder.encode([samples[i] for i in missing])):
@@ -82,7 +83,7 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(float(loss.detach()))
-        steps_run = step + 1
+        steps_run += 1
     optimizer.zero_grad(set_to_none=True)
     return {"warmstart_steps": steps_run, "warmstart_final_loss": losses[-1] if losses else None,
             "warmstart_answer_prob": stop.mean,

@@ -73,7 +73,7 @@ def assert_resumed_run_matches(uninterrupted: Path, resumed: Path, *, resumed_fr
     # Only real updates after the resume point can show a lost optimizer state (zero gradients leave Adam inert).
     assert any(r["grad_norm"] > 1e-4 for r in rows_a if r["step"] > resumed_from_step), rows_a
     for ra, rb in zip(rows_a, rows_b):
-        for key in ("reward/mean", "reward/accuracy", "response/length_mean", "groups/zero_variance"):
+        for key in ("reward/mean", "reward/accuracy", "response/length_mean", "groups/zero_variance", "optim/lr"):
             assert ra[key] == rb[key], (ra["step"], key, ra[key], rb[key])
         for key in ("loss/total", "grad_norm", "response/entropy", "loss/ratio_max"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7), (ra["step"], key)

@@ -90,3 +90,33 @@ def test_two_rank_deepspeed_run_killed_and_resumed_continues_exactly(tmp_path, w
     assert max(r["step"] for r in read_metrics(b)) in (2, 3)
     run_ok(command(b))
     assert_resumed_run_matches(a, b, resumed_from_step=2, steps=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deepspeed", ["configs/deepspeed/zero2.json", "configs/deepspeed/zero3.json"])
+def test_deepspeed_steps_with_the_lr_the_schedule_sets(tmp_path, deepspeed):
+    """The trainer's lr schedule writes param_groups["lr"] (Runtime.set_lr) before each update; DeepSpeed's ZeRO
+    optimisers must step with it, not with the lr they were built with (1.0 here). Adam's first step moves each
+    weight by lr (to within eps), so the largest change is the lr that was used."""
+    script = tmp_path / "lr.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from mhpo_vl.distributed import Runtime\n"
+        "torch.manual_seed(0)\n"
+        "rt = Runtime(device='cpu', deepspeed_config=sys.argv[1])\n"
+        "model = torch.nn.Linear(8, 8)\n"
+        "rt.prepare(model, torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0))\n"
+        "x = torch.randn(4, 8)\n"
+        "for lr in (0.0, 0.01):\n"
+        "    rt.set_lr(lr)\n"
+        "    before = {n: t.detach().clone() for n, t in rt.iter_full_weights()}\n"
+        "    rt.backward(rt.model(x).pow(2).sum(), True)\n"
+        "    rt.step()\n"
+        "    after = dict(rt.iter_full_weights())\n"
+        "    print('MAXDELTA', max(float((after[n] - before[n]).abs().max()) for n in before))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), deepspeed], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    deltas = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("MAXDELTA")]
+    assert deltas[0] == 0.0 and deltas[1] == pytest.approx(0.01, rel=1e-4), deltas

@@ -159,13 +159,15 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, tiny_v
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, warm_tiny_vl_model_dir):
     """Run A trains 4 steps uninterrupted. Run B is SIGKILLed after its step-2 checkpoint, then the same command
-    resumes it: steps 3-4 of B must equal A's (rewards exactly; losses to float tolerance)."""
+    resumes it: steps 3-4 of B must equal A's (rewards and learning rates exactly; losses to float tolerance).
+    The learning rate warms up and decays, so a resume that restarted the schedule would show."""
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
+    schedule = {"optim.warmup_steps": "3", "optim.lr_schedule": "cosine", "optim.min_lr_ratio": "0.1"}
 
     def command(out):
         return [sys.executable, "-m", "mhpo_vl.cli", "train", "--config", str(config),
-                *small_overrides(warm_tiny_vl_model_dir, out)]
+                *small_overrides(warm_tiny_vl_model_dir, out, **schedule)]
 
     a, b = tmp_path / "a", tmp_path / "b"
     run_ok(command(a))
@@ -173,6 +175,9 @@ def test_killed_run_resumes_exactly(tmp_path, warm_tiny_vl_model_dir):
     assert max(r["step"] for r in read_metrics(b)) in (2, 3)
     run_ok(command(b))
     assert_resumed_run_matches(a, b, resumed_from_step=2, steps=4)
+    # 4 steps x 2 updates: the logged lr is updates 1, 3, 5, 7 of warm-up 3 then cosine over updates 3..7
+    lrs = [r["optim/lr"] for r in read_metrics(b) if "reward/mean" in r]
+    assert lrs == pytest.approx([2e-3 / 3, 1e-3, 0.55e-3, 1e-4], rel=1e-9)
 
 
 @pytest.mark.slow

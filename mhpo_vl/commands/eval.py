@@ -392,7 +392,11 @@ def _evaluate(args: argparse.Namespace, model: str, output_dir: str | Path, labe
     todo = {plan.name: [s for s in plan.samples if s.id not in done[plan.name]] for plan in plans}
     timing: dict[str, float] = {}
     if any(todo.values()):
-        timing = _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision)
+        from mhpo_vl import console
+
+        # vLLM's and the libraries' output goes to <output_dir>/logs/eval.log; the progress bars stay visible.
+        with console.capture(console.log_path(out, "eval"), verbose=getattr(args, "verbose", False)):
+            timing = _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision)
 
     benchmarks: dict[str, Any] = {}
     for plan in plans:
@@ -420,8 +424,7 @@ def _evaluate(args: argparse.Namespace, model: str, output_dir: str | Path, labe
 
 
 def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision) -> dict[str, float]:
-    from tqdm import tqdm
-
+    from mhpo_vl import console
     from mhpo_vl.collate import PromptEncoder, check_pixels_match_processor
     from mhpo_vl.evaluate import RESPONSES_FILE, ResponsesFile
     from mhpo_vl.grading import Grader
@@ -452,8 +455,8 @@ def _sample_and_grade(args, model, plans, todo, done, out, use_images, is_vision
                     system_prompt=args.system_prompt, drop_images=args.no_images,
                 )
                 file = ResponsesFile(out / plan.name / RESPONSES_FILE)
-                bar = tqdm(total=len(plan.samples), initial=len(plan.samples) - len(pending), unit="problem",
-                           desc=plan.name, disable=args.no_progress, file=sys.stderr)
+                bar = console.progress(total=len(plan.samples), initial=len(plan.samples) - len(pending),
+                                       unit="problem", desc=plan.name, disable=args.no_progress)
                 for start in range(0, len(pending), args.batch_size):
                     batch = pending[start : start + args.batch_size]
                     prompts = encoder.encode(batch)

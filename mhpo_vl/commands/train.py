@@ -1,9 +1,12 @@
-"""`mhpo-vl train --config C [--output-dir D] [key.path=value ...]`"""
+"""`mhpo-vl train --config C [--output-dir D] [key.path=value ...]`
+
+Libraries' output (vLLM, transformers, torch, warnings, C-level prints) goes to <output_dir>/logs/train.log;
+the terminal shows set-up lines, progress bars, validations and the summary (`--verbose`: everything live).
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mhpo_vl import console
     from mhpo_vl.config import load_config
 
     overrides = list(args.overrides)
@@ -26,21 +30,26 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)  # a ConfigError is one line on stderr (mhpo_vl.cli), exit 2
     from mhpo_vl.checkpoint import CheckpointError
     from mhpo_vl.run_dir import RunDirError
-    from mhpo_vl.trainer import Trainer, TrainingDivergedError
 
-    try:
-        trainer = Trainer(cfg)
-    except (RunDirError, CheckpointError) as e:  # the directory is held, bound to other settings, or damaged
-        print(f"mhpo-vl train: {e}", file=sys.stderr)
-        return 2
-    try:
-        summary = trainer.fit()
-    except TrainingDivergedError as e:
-        print(f"mhpo-vl train: {e}", file=sys.stderr)
-        return 3
+    log = console.log_path(cfg.trainer.output_dir, "train")
+    with console.capture(log, verbose=args.verbose) as captured:
+        from mhpo_vl.trainer import Trainer, TrainingDivergedError
+
+        try:
+            trainer = Trainer(cfg)
+        except (RunDirError, CheckpointError) as e:  # the directory is held, bound to other settings, or damaged
+            console.line(f"mhpo-vl train: {e}", error=True)
+            return 2
+        try:
+            summary = trainer.fit()
+        except TrainingDivergedError as e:
+            console.line(f"mhpo-vl train: {e}", error=True)
+            return 3
     if trainer.rt.is_main:
         keys = ("val_accuracy_before_warmstart", "val_accuracy_initial", "val_accuracy_final", "val_accuracy_best",
                 "steps", "wall_seconds")
         print(json.dumps({k: summary.get(k) for k in keys if k in summary}, indent=1))
         print(f"run directory: {cfg.trainer.output_dir}  (plot it: mhpo-vl plot {cfg.trainer.output_dir})")
+        if captured:
+            print(f"third-party output (vLLM, transformers, torch, warnings): {captured}")
     return 0

@@ -180,13 +180,16 @@ def import_plugins(modules: Iterable[str]) -> None:
 
 
 def _report(name: str, source: str | None, samples: LoadedSamples) -> None:
-    """Skipped rows and caveats go to stderr, always: a dataset never shrinks or changes silently."""
+    """Skipped rows and caveats go to the terminal (stderr), always, also while a run sends library output to
+    its log: a dataset never shrinks or changes silently."""
+    from mhpo_vl import console
+
     if samples.skipped:
-        print(f"[mhpo-vl data] {name}: skipped {len(samples.skipped)} bad row(s) from {source}:", file=sys.stderr)
+        console.line(f"[mhpo-vl data] {name}: skipped {len(samples.skipped)} bad row(s) from {source}:")
         for skipped in samples.skipped:
-            print(f"  - {skipped}", file=sys.stderr)
+            console.line(f"  - {skipped}")
     for notice in samples.notices:
-        print(f"[mhpo-vl data] {name}: {notice}", file=sys.stderr)
+        console.line(f"[mhpo-vl data] {name}: {notice}")
 
 
 def _looks_like_mapping_file(name: str) -> bool:

@@ -107,7 +107,7 @@ def test_an_error_inside_mhpo_vl_train_surfaces_with_its_traceback(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "mhpo_vl.cli", "train", "--config", str(config),
                            f"model.name_or_path={missing}", f"trainer.output_dir={out}", "trainer.device=cpu",
-                           "rollout.backend=hf"], cwd=REPO, env=RUN_ENV, capture_output=True, text=True, timeout=300)
+                           "rollout.backend=hf"], cwd=REPO, env=RUN_ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr
     assert str(missing) in done.stderr.split("Traceback (most recent call last)")[1]  # the exception's own message

@@ -182,11 +182,12 @@ def test_killed_run_resumes_exactly(tmp_path, warm_tiny_vl_model_dir):
 
 @pytest.mark.slow
 def test_the_cpu_demo_learns_in_the_rl_stage(tmp_path):
-    """The README's main job (configs/demo_cpu.yaml as shipped: seed 1, 2 threads, ~5 min) has the property the
-    README's 10-run table shows for 5 seeds x 1 and 2 threads: held-out accuracy ends RL at least 0.10 above where
-    RL started (after the SFT warm-start) and within 0.05 of its best validation. A property, not a trajectory: the
-    assertions are the inequalities, with the margins of the table (smallest gain, largest best-to-final drop) far
-    from the thresholds, so another CPU's float path passes too."""
+    """The README's main job (configs/demo_cpu.yaml as shipped: seed 1, ~5 min) has the property the README's table
+    checks on 15 runs (5 seeds x 1/2 threads, and AVX2 kernels: another CPU's float path): held-out accuracy ends RL
+    at least 0.10 above where RL started (after the SFT warm-start) and within 0.05 of its best validation. A
+    property, not a trajectory: the assertions are the inequalities. Seed 1 is the test's seed because its margins
+    are wide on both float paths measured (gain +0.55 native, +0.52 AVX2; drop 0.008 and 0); seed 2 is the one run
+    of the 15 that misses the gain bar (AVX2: +0.04), see the README."""
     from mhpo_vl.trainer import Trainer
 
     cfg = load_config(REPO / "configs" / "demo_cpu.yaml", [f"trainer.output_dir={tmp_path / 'demo'}"])

@@ -14,6 +14,7 @@ every process.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -79,6 +80,8 @@ def capture(log_file: str | Path, *, verbose: bool = False) -> Iterator[Path | N
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    notices = _NoticeHandler()  # our own warnings (resume fallbacks, stale locks...) are for the user
+    logging.getLogger("mhpo_vl").addHandler(notices)
     failure: BaseException | None = None
     try:
         yield log_file
@@ -86,11 +89,27 @@ def capture(log_file: str | Path, *, verbose: bool = False) -> Iterator[Path | N
         failure = exc
         raise
     finally:
+        logging.getLogger("mhpo_vl").removeHandler(notices)
         _restore(saved)
         if isinstance(failure, Exception):  # not for Ctrl-C or sys.exit
             _show_log_tail(log_file)
         if failure is not None:
             _append_traceback(log_file, failure)
+
+
+class _NoticeHandler(logging.Handler):
+    """mhpo_vl's own WARNING+ records: on the terminal (as `warning: ...`) and in the log, while output is captured."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.levelname.lower()}: {record.getMessage()}"
+            line(text, error=record.levelno >= logging.ERROR)
+            print(text, file=sys.stderr, flush=True)  # fd 2 is the log file here
+        except Exception:
+            self.handleError(record)
 
 
 def _restore(saved: tuple[int, int]) -> None:

@@ -86,8 +86,9 @@ def test_a_rerun_with_changed_settings_is_refused_and_lists_every_difference(tmp
 def test_config_differences_compare_against_the_defaults_for_keys_an_older_run_did_not_have(tmp_path):
     from mhpo_vl.run_dir import config_differences
 
-    cfg = load_config(None, ["optim.lr=0.5", "data.train.options={n: 3}"])
-    saved = yaml.safe_load(yaml.safe_dump({"optim": {"lr": 0.5}, "data": {"train": {"options": {"n": 3, "seed": 1}}}}))
+    cfg = load_config(None, ["optim.lr=0.5", "data.train={name: geosynth, split: train, options: {n: 3}}"])
+    saved = yaml.safe_load(yaml.safe_dump({"optim": {"lr": 0.5}, "data": {"train": {
+        "name": "geosynth", "split": "train", "options": {"n": 3, "seed": 1}}}}))
     # Keys the saved file lacks (written by an older version) count as their defaults; only real changes remain.
     assert config_differences(saved, cfg) == [("data.train.options.seed", 1, "<unset>")]
 

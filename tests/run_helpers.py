@@ -43,22 +43,28 @@ def run_ok(command: list[str], timeout: int = 900) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-5000:]
 
 
-def kill_after_checkpoint(command: list[str], run_dir: Path, step: int, timeout: int = 600) -> None:
-    """Start `command`, wait until index.json names checkpoint `step`, then SIGKILL it and all its processes
-    (every rank under torchrun)."""
-    proc = subprocess.Popen(command, cwd=REPO, env=RUN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    index = run_dir / "checkpoints" / "index.json"
+def kill_when(command: list[str], ready, *, what: str, timeout: int = 600, env: dict | None = None,
+              poll_s: float = 0.2) -> None:
+    """Start `command`, wait until `ready()` is true, then SIGKILL it and all its processes (torchrun starts each
+    rank in a session of its own: the launcher and every descendant are killed at once)."""
+    proc = subprocess.Popen(command, cwd=REPO, env=env or RUN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if index.exists() and json.loads(index.read_text()).get("latest") == f"step_{step:06d}":
+        if ready():
             break
-        time.sleep(0.2)
-    assert proc.poll() is None, f"the run finished (rc={proc.returncode}) before it could be killed"
-    # torchrun starts each rank in a session of its own: kill the launcher and every descendant, all at once.
+        time.sleep(poll_s)
+    assert proc.poll() is None, f"the run finished (rc={proc.returncode}) before {what}"
     launcher = psutil.Process(proc.pid)
     for p in [launcher, *launcher.children(recursive=True)]:
         p.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def kill_after_checkpoint(command: list[str], run_dir: Path, step: int, timeout: int = 600) -> None:
+    """Start `command`, wait until index.json names checkpoint `step`, then SIGKILL it and all its processes."""
+    index = run_dir / "checkpoints" / "index.json"
+    kill_when(command, lambda: index.exists() and json.loads(index.read_text()).get("latest") == f"step_{step:06d}",
+              what=f"checkpoint step {step} could be killed", timeout=timeout)
 
 
 def assert_resumed_run_matches(uninterrupted: Path, resumed: Path, *, resumed_from_step: int, steps: int) -> None:

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 import yaml
@@ -24,7 +23,7 @@ from mhpo_vl.checkpoint import CheckpointManager
 from mhpo_vl.config import load_config, save_config
 from mhpo_vl.run_logging import MetricsWriter, read_metrics
 
-from run_helpers import REPO, RUN_ENV, small_overrides
+from run_helpers import REPO, RUN_ENV, kill_when, small_overrides
 
 CHILD_ENV = {**RUN_ENV, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [RUN_ENV.get("PYTHONPATH")])])}
 
@@ -452,17 +451,8 @@ def _train_overrides(model_dir: Path, out: Path) -> list[str]:
 
 def _kill_after_metrics_row(command: list[str], metrics: Path, step: int, timeout: int = 600) -> None:
     """Start `command`, SIGKILL it (and its children) once metrics.jsonl holds the row of `step`."""
-    proc = subprocess.Popen(command, cwd=REPO, env=CHILD_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and f'{{"step": {step}, "reward/mean"' in metrics.read_text():
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, f"the run ended (rc={proc.returncode}) before it could be killed"
-    launcher = psutil.Process(proc.pid)
-    for p in [launcher, *launcher.children(recursive=True)]:
-        p.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(command, lambda: metrics.exists() and f'{{"step": {step}, "reward/mean"' in metrics.read_text(),
+              what=f"step {step}'s metrics row could be killed", timeout=timeout, env=CHILD_ENV, poll_s=0.1)
 
 
 def _rows(out: Path) -> list[dict]:

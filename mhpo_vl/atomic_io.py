@@ -35,6 +35,34 @@ def atomic_text_output(path: str | os.PathLike) -> Iterator[TextIO]:
         raise
 
 
+def write_durably(path: str | os.PathLike, text: str) -> None:
+    """The whole of `text` at `path` or the old content, even after a power cut: written and fsynced to
+    `<path>.tmp`, renamed over `path`, and the rename fsynced. For files only this process writes (run and eval
+    files, checkpoint indexes); `atomic_text_output` is the streaming form for outputs next to user files."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write_synced(tmp, text)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_synced(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` in place and fsync it (for files inside a folder that is renamed into place later)."""
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make the entries of `folder` (created, renamed files) durable, not only their contents."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file: equal after resolving symlinks, or (both existing) one inode (hard links)."""
     a, b = Path(a), Path(b)

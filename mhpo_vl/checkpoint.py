@@ -27,6 +27,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mhpo_vl.atomic_io import fsync_dir, write_durably, write_synced
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -54,30 +56,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------- files on disk -------------
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make the entries of `folder` (created, renamed files) durable, not only their contents."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_durably(path: Path, text: str) -> None:
-    """Write `path` through a temporary file, fsynced, then renamed over it; the rename is fsynced too."""
-    tmp = path.with_name(path.name + ".tmp")
-    _write_synced(tmp, text)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _digest(path: Path, *, sync: bool = False) -> dict[str, Any]:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -102,7 +80,7 @@ def seal(folder: Path) -> None:
     files = _files(folder)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         entries = dict(zip((str(p.relative_to(folder)) for p in files), pool.map(_digest_and_sync, files)))
-    _write_synced(folder / MANIFEST, json.dumps({"files": entries}, indent=1))  # the folder itself is staged
+    write_synced(folder / MANIFEST, json.dumps({"files": entries}, indent=1))  # the folder itself is staged
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         fsync_dir(sub)
     fsync_dir(folder)

@@ -226,7 +226,7 @@ class RunDirectory:
             self.lock = None
 
     def _open_main(self) -> Path | None:
-        from mhpo_vl.checkpoint import write_durably
+        from mhpo_vl.atomic_io import write_durably
 
         self.lock = DirectoryLock(self.out, "training run").acquire()
         try:

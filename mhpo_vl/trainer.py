@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from mhpo_vl import console
-from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state, write_durably
+from mhpo_vl.atomic_io import write_durably
+from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state
 from mhpo_vl.config import RunConfig
 from mhpo_vl.data_order import PromptOrder
 from mhpo_vl.lr_schedule import lr_at, total_updates, updates_per_step

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mhpo_vl.atomic_io import write_durably
 from mhpo_vl.benchmarks import (
     DEFAULT_MAX_TOKENS, DEFAULT_N, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Benchmark, parse_benchmark_list,
 )
@@ -418,8 +418,8 @@ def _evaluate(args: argparse.Namespace, model: str, output_dir: str | Path, labe
         "timing_seconds": timing,  # this invocation only (0 entries when everything was already done)
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=1, ensure_ascii=False))
-    _write_atomic(out / SUMMARY_MD, summary_markdown(summary))
+    write_durably(out / SUMMARY_JSON, json.dumps(summary, indent=1, ensure_ascii=False))
+    write_durably(out / SUMMARY_MD, summary_markdown(summary))
     return summary
 
 
@@ -502,12 +502,6 @@ def problem_results(batch, groups, verdicts, template) -> list:
             timed_out=[bool(v.timed_out) for v in mine], errors=[v.error for v in mine], metadata=sample.metadata,
         ))
     return results
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:

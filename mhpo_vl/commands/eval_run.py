@@ -155,12 +155,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"mhpo-vl eval-run: error: {exc}", file=sys.stderr)
         return 2
-    from mhpo_vl.commands.eval import _write_atomic
+    from mhpo_vl.atomic_io import write_durably
 
-    _write_atomic(out / "best_vs_latest.json", json.dumps({"run_dir": str(run_dir), "index": index, **table}, indent=1))
+    write_durably(out / "best_vs_latest.json", json.dumps({"run_dir": str(run_dir), "index": index, **table}, indent=1))
     text = best_vs_latest_markdown(table, run_dir.name)
-    _write_atomic(out / "best_vs_latest.md", text)
-    _write_atomic(out / "checkpoints.md", checkpoints_markdown(summaries, index))
+    write_durably(out / "best_vs_latest.md", text)
+    write_durably(out / "checkpoints.md", checkpoints_markdown(summaries, index))
     print(text)
     print(f"wrote {out / 'best_vs_latest.md'}, {out / 'checkpoints.md'} and one eval directory per checkpoint under {out}/")
     return 0

@@ -34,7 +34,8 @@ class DatasetSpec:
 class ModelConfig:
     # Hub name, local folder, or "tiny:vl" / "tiny:text": a tiny random model built offline (mhpo-vl make-tiny-model)
     name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    tiny_overrides: dict[str, Any] = field(default_factory=dict)  # sizes for tiny:* models
+    # tiny:* models: `vocab` (qwen | small, required) and sizes (fields of mhpo_vl.tiny_model.TinySizes)
+    tiny_overrides: dict[str, Any] = field(default_factory=dict)
     dtype: str = "bfloat16"
     freeze_vision_tower: bool = True  # issue 4: frozen by default; an error if the tower is missing
     gradient_checkpointing: bool = True
@@ -190,6 +191,11 @@ class RunConfig:
              f"optim.lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.optim.lr_schedule!r}"),
             (0.0 <= self.optim.min_lr_ratio <= 1.0,
              f"optim.min_lr_ratio must be in [0, 1] (a fraction of optim.lr), got {self.optim.min_lr_ratio}"),
+            # The tokenizer decides most of a tiny model's cost (README "Tiny models"), so a config states it.
+            (not self.model.name_or_path.startswith("tiny:") or self.model.tiny_overrides.get("vocab") in ("qwen", "small"),
+             f"model.name_or_path={self.model.name_or_path} needs model.tiny_overrides.vocab: 'qwen' (the real "
+             "Qwen2.5-VL tokenizer, 151,936 embedding rows) or 'small' (a ~2k-token BPE: the fast choice on CPU); got "
+             f"{self.model.tiny_overrides.get('vocab')!r}"),
             # The warm-start steps the bare module with its own optimiser; DeepSpeed keeps its own (partitioned)
             # master weights, which would overwrite those steps or, under ZeRO-3, not let them run at all.
             (self.warmstart.steps == 0 or t.deepspeed is None,

@@ -1,8 +1,12 @@
 """Tiny random-weight models of the real architectures, built offline for tests and CPU demos.
 
 ``build_tiny_vl_model`` writes a Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``),
-``build_tiny_text_model`` a Qwen2 causal LM, both with a small Qwen2-style byte-level BPE tokenizer trained here on
-a corpus generated in code (math, geometry, LaTeX, English filler), so math answers tokenize sensibly.
+``build_tiny_text_model`` a Qwen2 causal LM. The tokenizer is chosen by the ``vocab`` option:
+- ``"qwen"`` (default): the real Qwen2.5-VL tokenizer (151,665 entries, see mhpo_vl.qwen_tokenizer), embedding rows
+  151,936 as in Qwen2.5-VL-3B. Real token counts, real chat-template tokens, spare embedding rows like the real model.
+- ``"small"``: a ~2k-token Qwen2-style byte-level BPE trained here on a corpus generated in code (math, geometry,
+  LaTeX, English filler), so math answers tokenize sensibly; embedding rows = its size. The lm_head over 151,936 rows
+  dominates a tiny model's cost, so the CPU demo and most end-to-end tests use this one (README: measured costs).
 The folders load with transformers' Auto classes (offline) and with vLLM. A build is deterministic: the same
 arguments give byte-identical files.
 
@@ -69,6 +73,7 @@ TEMPORAL_PATCH_SIZE = 2
 MIN_PIXELS = (PATCH_SIZE * MERGE_SIZE) ** 2 * 4
 MAX_PIXELS = (PATCH_SIZE * MERGE_SIZE) ** 2 * 16
 
+VOCABS = ("qwen", "small")
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
@@ -76,7 +81,8 @@ VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 class TinySizes:
     """Architecture sizes; any field can be overridden through ``build_tiny_*_model(..., **size_overrides)``."""
 
-    vocab_target: int = 2048  # BPE merges are learned until the vocabulary (bytes + merges) reaches this
+    vocab: str = "qwen"  # "qwen": the real Qwen2.5-VL tokenizer; "small": a BPE trained here (vocab_target)
+    vocab_target: int = 2048  # vocab="small": merges are learned until the vocabulary (bytes + merges) reaches this
     hidden_size: int = 128
     intermediate_size: int = 256
     num_hidden_layers: int = 2
@@ -94,6 +100,8 @@ class TinySizes:
         return self.hidden_size // self.num_attention_heads
 
     def validate(self) -> None:
+        if self.vocab not in VOCABS:
+            raise ValueError(f"vocab must be one of {VOCABS}, got {self.vocab!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -125,6 +133,8 @@ def _sizes(overrides: dict[str, Any]) -> TinySizes:
         raise ValueError(f"unknown tiny-model size override(s) {unknown}; valid: {sorted(known)}")
     sizes = TinySizes(**overrides)
     sizes.validate()
+    if "vocab_target" in overrides and sizes.vocab != "small":
+        raise ValueError(f"vocab_target applies to vocab='small' only; this model uses vocab={sizes.vocab!r}")
     return sizes
 
 
@@ -190,7 +200,7 @@ def tokenizer_training_corpus(num_lines: int = 6000) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_target: int = 2048):
+def build_small_tokenizer(vocab_target: int = 2048):
     """A Qwen2Tokenizer (byte-level BPE with Qwen's split regex and special tokens) trained on the code corpus."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2Tokenizer
@@ -231,10 +241,18 @@ def build_tokenizer(vocab_target: int = 2048):
     return tokenizer
 
 
-def _vocab_size(tokenizer) -> int:
-    # Exactly the tokenizer's size. Real Qwen pads its embedding (151,665 tokens in 152,064 rows) and its trained
-    # weights never pick the spare rows; random weights would, and those ids decode to nothing.
-    return len(tokenizer)
+def build_tokenizer(sizes: TinySizes):
+    """The tokenizer ``sizes.vocab`` names, and the number of embedding rows the model gets for it."""
+    if sizes.vocab == "qwen":
+        from mhpo_vl.qwen_tokenizer import QWEN_VL_3B_VOCAB_ROWS, load_qwen_tokenizer
+
+        # Padded like Qwen2.5-VL-3B (151,665 tokens in 151,936 rows): the 271 spare ids exist in the model and in
+        # vLLM but not in the tokenizer, as with the real checkpoints. Random weights sample them about 0.2% of the
+        # time; they decode to nothing.
+        return load_qwen_tokenizer(), QWEN_VL_3B_VOCAB_ROWS
+    # The small BPE: exactly its size, so the random model never samples an id the tokenizer lacks.
+    tokenizer = build_small_tokenizer(sizes.vocab_target)
+    return tokenizer, len(tokenizer)
 
 
 def _write_provenance(out_dir: Path, kind: str, seed: int, sizes: TinySizes) -> None:
@@ -266,12 +284,12 @@ def build_tiny_vl_model(out_dir: str | Path, seed: int = 0, **size_overrides: An
     sizes = _sizes(size_overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(sizes.vocab_target)
+    tokenizer, vocab_rows = build_tokenizer(sizes)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
 
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=_vocab_size(tokenizer),
+            vocab_size=vocab_rows,
             hidden_size=sizes.hidden_size,
             intermediate_size=sizes.intermediate_size,
             num_hidden_layers=sizes.num_hidden_layers,
@@ -336,11 +354,11 @@ def build_tiny_text_model(out_dir: str | Path, seed: int = 0, **size_overrides: 
     sizes = _sizes(size_overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(sizes.vocab_target)
+    tokenizer, vocab_rows = build_tokenizer(sizes)
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
-        vocab_size=_vocab_size(tokenizer),
+        vocab_size=vocab_rows,
         hidden_size=sizes.hidden_size,
         intermediate_size=sizes.intermediate_size,
         num_hidden_layers=sizes.num_hidden_layers,
@@ -364,20 +382,22 @@ def build_tiny_text_model(out_dir: str | Path, seed: int = 0, **size_overrides: 
 
 
 def builder_version() -> str:
-    """A hash of this file: a changed builder never reuses models cached by an older one."""
+    """A hash of this file and the Qwen tokenizer builder: a changed builder never reuses models cached by an older one."""
     import hashlib
 
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    here = Path(__file__).parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tiny_model.py", "qwen_tokenizer.py"))).hexdigest()[:16]
 
 
-def build_once(target: str | Path, build: Callable[[Path], Any]) -> Path:
+def build_once(target: str | Path, build: Callable[[Path], Any], done_file: str = "config.json") -> Path:
     """`target`, built by `build(folder)` into a temporary folder beside it and renamed into place unless it is
-    already there, so an interrupted or concurrent build never leaves half a folder (the first rename wins)."""
+    already there (holds `done_file`), so an interrupted or concurrent build never leaves half a folder (the first
+    rename wins)."""
     import shutil
     import tempfile
 
     target = Path(target)
-    if (target / "config.json").is_file():
+    if (target / done_file).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

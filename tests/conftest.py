@@ -15,24 +15,33 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The Qwen tokenizer folder (mhpo_vl.qwen_tokenizer) is cached beside the tiny models, not in the user's home.
+os.environ.setdefault("MHPO_VL_CACHE", str(REPO_ROOT / ".cache"))
 
 
-def _build_once(kind: str) -> Path:
+def _build_once(kind: str, vocab: str) -> Path:
     from mhpo_vl.tiny_model import cached_tiny_model
 
-    return cached_tiny_model(kind, REPO_ROOT / ".cache" / "tiny_models")
+    return cached_tiny_model(kind, REPO_ROOT / ".cache" / "tiny_models", vocab=vocab)
 
 
 @pytest.fixture(scope="session")
 def tiny_vl_model_dir() -> Path:
-    """Folder of a tiny random Qwen2.5-VL (model + processor), loadable with Auto classes and vLLM."""
-    return _build_once("vl")
+    """Folder of a tiny random Qwen2.5-VL (model + processor) with the small BPE vocabulary (fast: most tests run
+    many forward passes and vLLM engines on it), loadable with Auto classes and vLLM."""
+    return _build_once("vl", "small")
 
 
 @pytest.fixture(scope="session")
 def tiny_text_model_dir() -> Path:
-    """Folder of a tiny random Qwen2 causal LM with the same tokenizer and chat template."""
-    return _build_once("text")
+    """Folder of a tiny random Qwen2 causal LM with the same small tokenizer and chat template."""
+    return _build_once("text", "small")
+
+
+@pytest.fixture(scope="session")
+def qwen_vl_model_dir() -> Path:
+    """A tiny random Qwen2.5-VL with the REAL Qwen2.5-VL tokenizer (151,665 tokens, 151,936 embedding rows)."""
+    return _build_once("vl", "qwen")
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,12 @@ def test_wrong_types_and_invalid_values_are_errors():
         load_config(None, ["algorithm.loss=ppo2"])
     with pytest.raises(ConfigError, match=r"warmstart.steps=5 cannot be combined with trainer.deepspeed=.*zero2"):
         load_config(None, ["warmstart.steps=5", "trainer.deepspeed=configs/deepspeed/zero2.json"])
+    # A tiny model's tokenizer is chosen explicitly: it decides most of the model's cost.
+    with pytest.raises(ConfigError, match=r"tiny:vl needs model.tiny_overrides.vocab: 'qwen' .* or 'small' .*got None"):
+        load_config(None, ["model.name_or_path=tiny:vl"])
+    with pytest.raises(ConfigError, match="got 'big'"):
+        load_config(None, ["model.name_or_path=tiny:text", "model.tiny_overrides={vocab: big}"])
+    assert load_config(None, ["model.name_or_path=tiny:vl", "model.tiny_overrides={vocab: small}"]).model.tiny_overrides == {"vocab": "small"}
 
 
 def test_overrides_keep_other_defaults_and_parse_yaml_scalars(tmp_path):

@@ -66,15 +66,15 @@ def test_tokenizer_round_trips_math_and_keeps_special_tokens_whole(tiny_vl_model
 
 
 def test_rebuild_is_byte_identical_and_seed_changes_weights(tiny_text_model_dir, tmp_path):
-    same = build_tiny_text_model(tmp_path / "same", seed=0)
-    other = build_tiny_text_model(tmp_path / "other", seed=1)
+    same = build_tiny_text_model(tmp_path / "same", seed=0, vocab="small")
+    other = build_tiny_text_model(tmp_path / "other", seed=1, vocab="small")
     assert _hashes(same) == _hashes(tiny_text_model_dir)
     differing = {k for k, v in _hashes(other).items() if _hashes(same)[k] != v}
     assert differing == {"model.safetensors", "tiny_model.json"}
 
 
 def test_size_overrides_are_applied_and_recorded(tmp_path):
-    out = build_tiny_vl_model(tmp_path / "big", hidden_size=256, num_hidden_layers=4)
+    out = build_tiny_vl_model(tmp_path / "big", vocab="small", hidden_size=256, num_hidden_layers=4)
     config = json.loads((out / "config.json").read_text())
     assert config["text_config"]["hidden_size"] == 256
     assert config["text_config"]["num_hidden_layers"] == 4
@@ -91,15 +91,57 @@ def test_bad_sizes_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown tiny-model size override.*hiden_size"):
         build_tiny_text_model(tmp_path / "y", hiden_size=256)
     assert TinySizes().mrope_section() == [4, 6, 6]  # head_dim 32 -> 16 pairs
+    with pytest.raises(ValueError, match="vocab must be one of \\('qwen', 'small'\\), got 'big'"):
+        build_tiny_vl_model(tmp_path / "z", vocab="big")
+    with pytest.raises(ValueError, match="vocab_target applies to vocab='small' only"):
+        build_tiny_vl_model(tmp_path / "w", vocab_target=4096)
 
 
 def test_cli_builds_a_text_model(tmp_path):
     from mhpo_vl.cli import main
 
-    assert main(["make-tiny-model", str(tmp_path / "m"), "--text-only", "--seed", "3", "--size", "num_hidden_layers=1"]) == 0
+    assert main(["make-tiny-model", str(tmp_path / "m"), "--text-only", "--vocab", "small", "--seed", "3",
+                 "--size", "num_hidden_layers=1"]) == 0
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["architectures"] == ["Qwen2ForCausalLM"]
     assert json.loads((tmp_path / "m" / "tiny_model.json").read_text())["seed"] == 3
+
+
+def test_qwen_vocab_model_has_the_real_tokenizer_and_3b_embedding_rows(qwen_vl_model_dir):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_vl_model_dir)
+    assert len(tokenizer) == 151665 and tokenizer("Hello world")["input_ids"] == [9707, 1879]
+    assert tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]) == [151652, 151655, 151653]
+    config = json.loads((qwen_vl_model_dir / "config.json").read_text())
+    assert config["text_config"]["vocab_size"] == 151936  # Qwen2.5-VL-3B's padded embedding
+    assert (config["image_token_id"], config["vision_start_token_id"], config["vision_end_token_id"]) == (151655, 151652, 151653)
+    assert json.loads((qwen_vl_model_dir / "tiny_model.json").read_text())["sizes"]["vocab"] == "qwen"
+
+    processor = AutoProcessor.from_pretrained(qwen_vl_model_dir)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Find x."}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[Image.new("RGB", (100, 80), (200, 10, 10))], return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    # 12 image pads (see the small-vocabulary test above) between vision_start and vision_end.
+    start = ids.index(151652)
+    assert ids[start: start + 14] == [151652] + [151655] * 12 + [151653]
+    model = AutoModelForImageTextToText.from_pretrained(qwen_vl_model_dir)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[-1] == 151936 and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_cli_default_is_the_qwen_vocabulary(tmp_path):
+    from transformers import AutoTokenizer
+
+    from mhpo_vl.cli import main
+
+    assert main(["make-tiny-model", str(tmp_path / "m"), "--size", "num_hidden_layers=1"]) == 0
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "m")) == 151665
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["text_config"]["vocab_size"] == 151936
 
 
 @pytest.mark.slow

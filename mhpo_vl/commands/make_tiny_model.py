@@ -1,4 +1,5 @@
-"""`mhpo-vl make-tiny-model OUT [--text-only] [--seed S] [--size key=value ...]`: a random-weight model, offline."""
+"""`mhpo-vl make-tiny-model OUT [--text-only] [--vocab qwen|small] [--seed S] [--size key=value ...]`: a random-weight
+model, offline. The default tokenizer is the real Qwen2.5-VL one; `--vocab small` is the fast ~2k-token BPE."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,13 @@ def _parse_size(item: str) -> tuple[str, int | float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="folder to write the model, tokenizer and processor into")
     parser.add_argument("--text-only", action="store_true", help="a Qwen2 causal LM instead of a Qwen2.5-VL")
+    parser.add_argument(
+        "--vocab",
+        choices=("qwen", "small"),
+        default="qwen",
+        help="qwen: the real Qwen2.5-VL tokenizer (151,665 tokens, 151,936 embedding rows); small: a ~2k-token BPE "
+        "trained offline (much cheaper lm_head; what the CPU demo uses)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="weight-initialisation seed (same seed -> same bytes)")
     parser.add_argument(
         "--size",
@@ -40,8 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     build = build_tiny_text_model if args.text_only else build_tiny_vl_model
-    out = build(args.out, seed=args.seed, **dict(args.size))
+    sizes = dict(args.size)
+    if "vocab" in sizes:
+        raise SystemExit("choose the tokenizer with --vocab, not --size vocab=...")
+    out = build(args.out, seed=args.seed, vocab=args.vocab, **sizes)
     size_mb = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
     kind = "Qwen2 text" if args.text_only else "Qwen2.5-VL"
-    print(f"wrote tiny {kind} model to {out} ({size_mb:.1f} MB, {time.perf_counter() - start:.1f} s)")
+    print(f"wrote tiny {kind} model ({args.vocab} vocabulary) to {out} ({size_mb:.1f} MB, "
+          f"{time.perf_counter() - start:.1f} s)")
     return 0

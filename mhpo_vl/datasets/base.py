@@ -265,7 +265,7 @@ def read_table(source: str, *, split: str | None, hub_name: str | None = None, h
 
     hub = hub_name if source is None else source[3:] if source.startswith("hf:") else None
     if hub is not None:
-        table = datasets.load_dataset(hub, hub_config, split=split)
+        table = load_hub_dataset(hub, hub_config, split)
         label = f"hf:{hub}" + (f"[{split}]" if split else "")
         root = None
     else:
@@ -291,6 +291,33 @@ def read_table(source: str, *, split: str | None, hub_name: str | None = None, h
     for part_split, part in parts:
         for index, fields in enumerate(part):
             yield Record(dict(fields), label if len(parts) == 1 else f"{label}[{part_split}]", index, root, part_split)
+
+
+def load_hub_dataset(hub: str, config: str | None, split: str | None):
+    """``datasets.load_dataset(hub, config, split=split)``, which also works offline from a warm cache.
+
+    Offline (HF_HUB_OFFLINE=1), ``datasets`` looks only in its own prepared-arrow cache and ignores the hub cache, so a
+    dataset fetched with ``hf download`` (or whose arrow cache was cleared) would not load by name. The hub cache's
+    snapshot is a repository folder, which ``datasets`` loads exactly as it loads the hub repo (dataset card
+    ``configs``, split file names), so offline that snapshot is used when it is there."""
+    import datasets
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        try:
+            snapshot = snapshot_download(hub, repo_type="dataset", local_files_only=True)
+        except LocalEntryNotFoundError:
+            snapshot = None  # maybe in the datasets arrow cache: load_dataset below looks there
+        if snapshot is not None:
+            return datasets.load_dataset(snapshot, config, split=split)
+    try:
+        return datasets.load_dataset(hub, config, split=split)
+    except ConnectionError as exc:  # offline (or no network) and in neither cache
+        raise DataError(
+            f"not in the Hugging Face cache ({constants.HF_HUB_CACHE} or {datasets.config.HF_DATASETS_CACHE}) and the "
+            f"hub cannot be reached ({exc}); download it once (`hf download --repo-type dataset {hub}`) or give a "
+            "local source", file=f"hf:{hub}") from None
 
 
 def is_table_source(source: str | None) -> bool:

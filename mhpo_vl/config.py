@@ -125,6 +125,7 @@ class WarmStartConfig:
 
     steps: int = 0  # the most SFT steps (all of them unless stop_at_answer_prob stops it earlier)
     stop_at_answer_prob: float | None = None  # stop once the model's mean P(gold response) on new batches reaches it
+    stop_per: str | None = None  # a metadata field (geosynth: kind): every value's mean P(gold) must reach it too
     lr: float = 1e-3
     batch_size: int = 16
     response_template: str = "<think>{reasoning}</think> \\boxed{{{answer}}}"

@@ -27,19 +27,44 @@ from mhpo_vl.config import WarmStartConfig
 
 class AnswerProbStop:
     """The early-stop rule: True once the mean of the last `window` batch answer probabilities reaches `target`
-    (never when `target` is None). Averaging over batches keeps one lucky batch from ending the warm-start."""
+    (never when `target` is None). Averaging over batches keeps one lucky batch from ending the warm-start.
+
+    With groups (`warmstart.stop_per`, e.g. geosynth's problem `kind`), every group seen must also reach the target,
+    each averaged over its own samples in the last `window` batches. Why: a model can reach a mean of 0.3 by mastering
+    one kind of three and never answering the others; a kind it never gets right gives every RL group of that kind
+    equal rewards, hence no signal (the CPU demo's seed 2 started RL that way and barely moved)."""
 
     def __init__(self, target: float | None, window: int = 10):  # 10 batches = 320 problems at the demo's size
         self.target, self.recent = target, deque(maxlen=window)
+        self.recent_by_group: deque[dict[str, tuple[float, int]]] = deque(maxlen=window)
 
-    def update(self, answer_prob: float) -> bool:
+    def update(self, answer_prob: float, probs_by_group: dict[str, list[float]] | None = None) -> bool:
         self.recent.append(answer_prob)
+        self.recent_by_group.append({g: (sum(p), len(p)) for g, p in (probs_by_group or {}).items()})
         return (self.target is not None and len(self.recent) == self.recent.maxlen
-                and sum(self.recent) / len(self.recent) >= self.target)
+                and sum(self.recent) / len(self.recent) >= self.target
+                and all(p >= self.target for p in self.group_means.values()))
 
     @property
     def mean(self) -> float | None:
         return sum(self.recent) / len(self.recent) if self.recent else None
+
+    @property
+    def group_means(self) -> dict[str, float]:
+        totals: dict[str, list[float]] = {}
+        for batch in self.recent_by_group:
+            for group, (total, count) in batch.items():
+                acc = totals.setdefault(group, [0.0, 0])
+                acc[0] += total
+                acc[1] += count
+        return {g: total / count for g, (total, count) in sorted(totals.items())}
+
+
+def _group_of(sample, field: str) -> str:
+    if field not in sample.metadata:
+        raise ValueError(f"warmstart.stop_per={field!r}: training sample {sample.id!r} has no metadata field "
+                         f"{field!r} (its fields: {', '.join(sorted(sample.metadata)) or 'none'})")
+    return str(sample.metadata[field])
 
 
 def sft_response_text(sample, template: str) -> str:
@@ -75,7 +100,11 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
         logprobs_NT, _ = per_token_logprobs(model, batch, chunk_size=trainer.cfg.trainer.logprob_chunk_size)
         mask = batch.response_mask_NT
         # P(gold response) before this step's update: the accuracy of sampling at temperature 1 on these problems.
-        if stop.update(float((logprobs_NT.detach() * mask).sum(1).exp().mean())):
+        probs_N = (logprobs_NT.detach() * mask).sum(1).exp().tolist()
+        by_group: dict[str, list[float]] = {}
+        for i, p in zip(idx, probs_N) if cfg.stop_per else ():
+            by_group.setdefault(_group_of(samples[i], cfg.stop_per), []).append(p)
+        if stop.update(sum(probs_N) / len(probs_N), by_group):
             break
         loss = -(logprobs_NT * mask).sum() / mask.sum()
         optimizer.zero_grad(set_to_none=True)
@@ -86,5 +115,5 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
         steps_run += 1
     optimizer.zero_grad(set_to_none=True)
     return {"warmstart_steps": steps_run, "warmstart_final_loss": losses[-1] if losses else None,
-            "warmstart_answer_prob": stop.mean,
+            "warmstart_answer_prob": stop.mean, "warmstart_answer_prob_by_group": stop.group_means or None,
             "warmstart_seconds": time.perf_counter() - start}

@@ -25,3 +25,20 @@ def test_config_range_is_checked():
     with pytest.raises(ConfigError, match="stop_at_answer_prob must be in"):
         load_config(None, ["warmstart.stop_at_answer_prob=1.5"])
     assert load_config(None, ["warmstart.stop_at_answer_prob=0.3"]).warmstart.stop_at_answer_prob == 0.3
+
+
+def test_with_groups_every_group_must_reach_the_target():
+    # Batch means 0.4 reach the target, but kind "b" averages (0.0*2 + 0.3*2) / 4 = 0.15 over the window: no stop.
+    stop = AnswerProbStop(0.3, window=2)
+    assert not stop.update(0.4, {"a": [0.8, 0.8], "b": [0.0, 0.0]})
+    assert not stop.update(0.4, {"a": [0.5, 0.5], "b": [0.3, 0.3]})
+    assert stop.group_means == pytest.approx({"a": 0.65, "b": 0.15})
+    # The first batch leaves the window: b = (0.3*2 + 0.4) / 3 = 0.333, a = (0.5*2 + 0.4) / 3 = 0.467 -> stop.
+    assert stop.update(0.4, {"a": [0.4], "b": [0.4]})
+    assert stop.group_means == pytest.approx({"a": 1.4 / 3, "b": 1.0 / 3})
+
+
+def test_a_group_that_is_never_answered_keeps_the_warm_start_going():
+    stop = AnswerProbStop(0.3, window=2)
+    assert not any(stop.update(0.6, {"a": [0.9, 0.9], "b": [0.0]}) for _ in range(5))
+    assert stop.mean == pytest.approx(0.6) and stop.group_means["b"] == 0.0

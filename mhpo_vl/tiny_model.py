@@ -271,15 +271,22 @@ def _seeded_init(model_cls, config, seed: int):
     return model.to(torch.float32).eval()
 
 
+def save_vl_processor(out_dir: Path, tokenizer, *, min_pixels: int, max_pixels: int) -> None:
+    """Write a Qwen2.5-VL processor (image/video processors with these pixel limits, the tokenizer, the chat
+    template) into ``out_dir``: vLLM and the trainer both read the limits from it."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    pixel_kwargs = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=PATCH_SIZE,
+                        temporal_patch_size=TEMPORAL_PATCH_SIZE, merge_size=MERGE_SIZE)
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixel_kwargs), tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(**pixel_kwargs),
+                                    chat_template=QWEN_VL_CHAT_TEMPLATE)
+    processor.save_pretrained(out_dir)
+
+
 def build_tiny_vl_model(out_dir: str | Path, seed: int = 0, **size_overrides: Any) -> Path:
     """Write a random-weight Qwen2.5-VL (model, tokenizer, image/video processor, chat template) to ``out_dir``."""
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     sizes = _sizes(size_overrides)
     out_dir = Path(out_dir)
@@ -329,20 +336,7 @@ def build_tiny_vl_model(out_dir: str | Path, seed: int = 0, **size_overrides: An
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out_dir)
 
-    pixel_kwargs = dict(
-        min_pixels=MIN_PIXELS,
-        max_pixels=MAX_PIXELS,
-        patch_size=PATCH_SIZE,
-        temporal_patch_size=TEMPORAL_PATCH_SIZE,
-        merge_size=MERGE_SIZE,
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**pixel_kwargs),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(**pixel_kwargs),
-        chat_template=QWEN_VL_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out_dir)
+    save_vl_processor(out_dir, tokenizer, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     _write_provenance(out_dir, "vl", seed, sizes)
     return out_dir
 
@@ -386,7 +380,7 @@ def builder_version() -> str:
     import hashlib
 
     here = Path(__file__).parent
-    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tiny_model.py", "qwen_tokenizer.py"))).hexdigest()[:16]
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tiny_model.py", "qwen_tokenizer.py", "qwen_shapes.py"))).hexdigest()[:16]
 
 
 def build_once(target: str | Path, build: Callable[[Path], Any], done_file: str = "config.json") -> Path:

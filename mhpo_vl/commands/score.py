@@ -213,7 +213,7 @@ def _score_all(args: argparse.Namespace, path: Path, reference: dict | None, out
                             tail(response) if isinstance(response, str) else response)
 
     tally = _Tally()
-    with HardTimeoutPool(args.num_workers, args.timeout_s, preload=["mhpo_vl.grading.warm", "mhpo_vl.scoring"]) as pool, \
+    with HardTimeoutPool(args.num_workers, args.timeout_s, preload=["mhpo_vl.scoring.warm", "mhpo_vl.scoring"]) as pool, \
             atomic_text_output(out_path) as out:
         def flush(batch: list[tuple[dict, tuple]]) -> None:
             for (row, _), result in zip(batch, pool.imap(score_row, [task for _, task in batch])):

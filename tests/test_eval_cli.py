@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mhpo_vl.cli import main
-from mhpo_vl.evaluate import ProblemResult, ResponsesFile
+from mhpo_vl.evaluation.results import ProblemResult, ResponsesFile
 
 ALL_BENCHMARKS = "mathvista,mathvision,mathverse,geometry3k,math500,aime24,aime25,amc23,hmmt25"
 MATHVISTA_WITH_IMAGES = "106,225,540,824,852"  # the 5 testmini images in the fixtures (PROVENANCE.md)
@@ -56,7 +56,7 @@ def test_unknown_benchmark_lists_the_valid_ones(capsys, tmp_path):
     code = main(["eval", "--model", str(tmp_path), "--benchmarks", "mathvista,mathvista2", "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "unknown benchmark 'mathvista2'" in err and "valid: mathvista, mathvision, mathverse, geometry3k" in err
+    assert "unknown evaluation suite 'mathvista2'" in err and "valid: mathvista, mathvision, mathverse, geometry3k" in err
 
 
 def test_missing_source_path_is_named(capsys, tmp_path):
@@ -69,14 +69,14 @@ def test_missing_source_path_is_named(capsys, tmp_path):
 def test_flag_for_a_benchmark_not_chosen_is_an_error(capsys, tmp_path, fixtures_dir):
     code = main(["eval", "--model", str(tmp_path), "--benchmarks", "math500", "--source",
                  f"aime24={fixtures_dir / 'text_math'}", "--output-dir", str(tmp_path / "out")])
-    assert code == 2 and "'aime24' is not among --benchmarks (math500)" in capsys.readouterr().err
+    assert code == 2 and "'aime24' is not among --suites (math500)" in capsys.readouterr().err
 
 
 def test_ids_not_in_the_benchmark_are_named(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
     code = main(["eval", "--model", str(tiny_vl_model_dir), "--benchmarks", "mathvista", *_only(fixtures_dir, "mathvista"),
                  "--ids", "mathvista=106,99999", "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 2 and "--ids mathvista: 1 id(s) not in the benchmark" in err and err.rstrip().endswith("99999")
+    assert code == 2 and "--ids mathvista: 1 id(s) not in the suite" in err and err.rstrip().endswith("99999")
 
 
 def _only(fx: Path, name: str) -> list[str]:
@@ -96,7 +96,7 @@ def test_text_only_model_needs_no_images_for_an_image_benchmark(capsys, tmp_path
                  "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "benchmark mathvision: 2 problem(s) have images but" in err and "text-only model; pass --no-images" in err
+    assert "suite mathvision: 2 problem(s) have images but" in err and "text-only model; pass --no-images" in err
 
 
 def test_mathvista_rows_without_their_image_are_refused(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):

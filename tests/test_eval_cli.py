@@ -15,7 +15,7 @@ import pytest
 from mhpo_vl.cli import main
 from mhpo_vl.evaluation.results import ProblemResult, ResponsesFile
 
-ALL_BENCHMARKS = "mathvista,mathvision,mathverse,geometry3k,math500,aime24,aime25,amc23,hmmt25"
+ALL_SUITES = "mathvista,mathvision,mathverse,geometry3k,math500,aime24,aime25,amc23,hmmt25"
 MATHVISTA_WITH_IMAGES = "106,225,540,824,852"  # the 5 testmini images in the fixtures (PROVENANCE.md)
 
 
@@ -53,7 +53,7 @@ def math500_ids(fx: Path, count: int) -> list[str]:
 # ----------------------------------------------------------------------------------------- bad input --
 
 def test_unknown_benchmark_lists_the_valid_ones(capsys, tmp_path):
-    code = main(["eval", "--model", str(tmp_path), "--benchmarks", "mathvista,mathvista2", "--output-dir", str(tmp_path)])
+    code = main(["eval", "--model", str(tmp_path), "--suites", "mathvista,mathvista2", "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
     assert "unknown evaluation suite 'mathvista2'" in err and "valid: mathvista, mathvision, mathverse, geometry3k" in err
@@ -224,13 +224,13 @@ def test_eval_run_best_vs_latest_from_finished_checkpoints(capsys, tmp_path, fix
 # ------------------------------------------------------------------------------- slow: real sampling --
 
 @pytest.mark.slow
-def test_eval_every_benchmark_with_vllm_and_resume(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
+def test_eval_every_suite_with_vllm_and_resume(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
     """One vLLM engine for all nine benchmarks (n=2, 3 problems each); then a rerun that has nothing to do, and one
     that redoes a deleted problem and draws exactly what the first run drew (seeds follow the dataset position)."""
     import time
 
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(tiny_vl_model_dir), "--benchmarks", ALL_BENCHMARKS, *fixture_sources(fixtures_dir),
+    argv = ["eval", "--model", str(tiny_vl_model_dir), "--benchmarks", ALL_SUITES, *fixture_sources(fixtures_dir),
             "--n", "2", "--max-tokens", "12", "--limit", "3", "--dtype", "float32", "--min-pixels", "3136",
             "--max-pixels", "12544", "--max-prompt-length", "1024", "--label", "tiny-vl", "--output-dir", str(out),
             "--no-progress"]
@@ -238,7 +238,7 @@ def test_eval_every_benchmark_with_vllm_and_resume(capsys, tmp_path, fixtures_di
     assert main(argv) == 0, capsys.readouterr().err
     first_wall = time.perf_counter() - started
     summary = json.loads((out / "summary.json").read_text())
-    names = ALL_BENCHMARKS.split(",")
+    names = ALL_SUITES.split(",")
     assert list(summary["benchmarks"]) == names and summary["sampling"]["use_images"] is True
     for name in names:
         lines = (out / name / "responses.jsonl").read_text().splitlines()

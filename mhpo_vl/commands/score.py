@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mhpo_vl.atomic_io import atomic_text_output, same_file
-from mhpo_vl.scoring import BENCHMARKS, MATHVISTA, MODES, load_reference, merge_reference, score_row, validate_row
+from mhpo_vl.scoring import MATHVISTA, MODES, SCORERS, load_reference, merge_reference, score_row, validate_row
 
 SUMMARY_LIST_LIMIT = 20
 _BLANK = object()  # marks a blank line (not a row; counted in the summary)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="whose rules to apply")
+    parser.add_argument("--benchmark", required=True, choices=SCORERS, help="whose rules to apply")
     parser.add_argument("--predictions", required=True, help="input JSONL: benchmark rows plus the model's response")
     parser.add_argument("--out", required=True, help="output JSONL (overwritten)")
     parser.add_argument("--mode", choices=MODES, default="strict",

@@ -103,3 +103,12 @@ def test_run_evaluation_with_a_given_sampler(tmp_path, fixtures_dir, tiny_text_m
     lines = [json.loads(x) for x in (tmp_path / "eval" / "math500" / "responses.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == [r.id for r in rows] and all(x["correct"] == [True, False] for x in lines)
     assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_make_sampler_names_what_it_builds():
+    from mhpo_vl.rollout.factory import make_sampler
+
+    with pytest.raises(ValueError, match="unknown sampler backend 'tgi'; valid: vllm, hf"):
+        make_sampler("tgi", "m")
+    with pytest.raises(ValueError, match="dtype must be bfloat16, float16 or float32; got 'fp8'"):
+        make_sampler("vllm", "m", dtype="fp8")

@@ -13,10 +13,10 @@ import traceback
 # name -> (module, one-line help). Modules are imported lazily.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mhpo_vl.commands.train", "RL-train a model from a YAML config (+ key=value overrides)"),
-    "eval": ("mhpo_vl.commands.eval", "sample a model on benchmarks and report Avg@k / Pass@k / majority vote"),
+    "eval": ("mhpo_vl.commands.eval", "sample a model on evaluation suites and report Avg@k / Pass@k / majority vote"),
     "eval-run": ("mhpo_vl.commands.eval_run", "evaluate every checkpoint of a training run (best vs latest)"),
     "report": ("mhpo_vl.commands.report", "compare evaluated runs side by side"),
-    "score": ("mhpo_vl.commands.score", "score existing model outputs with a benchmark's rules"),
+    "score": ("mhpo_vl.commands.score", "score existing model outputs with a suite's official rules (benchmark scorers)"),
     "data": ("mhpo_vl.commands.data", "look at datasets: `data show`, `data overlap`"),
     "plot": ("mhpo_vl.commands.plot", "plot training curves of one or several runs"),
     "study": ("mhpo_vl.commands.study", "compare losses x seeds x settings in one resumable command (summary + figures)"),

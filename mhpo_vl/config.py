@@ -153,6 +153,9 @@ class TrainerConfig:
     allow_config_change: bool = False  # resume a run with settings that differ from its config.yaml (logged)
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None  # torch CPU threads
+    # Where metrics go, same names in each: jsonl (metrics.jsonl: always on, resume/plot/study read it), tensorboard,
+    # wandb (Weights & Biases, optional package; WANDB_MODE=offline writes <output_dir>/wandb/ without a network).
+    loggers: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
 
 
 @dataclass
@@ -208,6 +211,12 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
         self._check_datasets()
+        from mhpo_vl.run_logging import check_loggers
+
+        try:
+            check_loggers(t.loggers)
+        except ValueError as exc:
+            raise ConfigError(f"trainer.loggers: {exc}") from None
         # The loss name and its parameters are validated by the loss table itself (one place).
         from mhpo_vl.losses import build_loss
 

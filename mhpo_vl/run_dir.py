@@ -39,12 +39,13 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "mhpo-vl.lock"
 CHANGES_FILE = "config_changes.jsonl"
 # Everything a training run writes into its directory (the one list `trainer.overwrite` clears).
-RUN_FILES = ("config.yaml", CHANGES_FILE, "metrics.jsonl", "summary.json", "checkpoints", "tensorboard")
+RUN_FILES = ("config.yaml", CHANGES_FILE, "metrics.jsonl", "summary.json", "checkpoints", "tensorboard",
+             "wandb")
 # What an attempt that reached no checkpoint leaves behind; config.yaml alone does not make a directory "used".
-ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "tensorboard")
+ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "wandb")
 # Settings that do not change what a run computes, so a rerun may differ in them freely.
 NOT_BOUND = frozenset({"trainer.output_dir", "trainer.resume", "trainer.overwrite", "trainer.allow_config_change",
-                       "trainer.num_threads", "reward.num_workers"})
+                       "trainer.num_threads", "reward.num_workers", "trainer.loggers"})
 UNSET = "<unset>"
 
 

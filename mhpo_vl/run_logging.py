@@ -1,4 +1,5 @@
-"""What a run writes as it goes: `metrics.jsonl` (one JSON object per step), TensorBoard events, and a console line.
+"""What a run writes as it goes: `metrics.jsonl` (one JSON object per step) and, per `trainer.loggers`, TensorBoard
+events and a Weights & Biases run, all with the same metric names.
 
 Values are plain floats by the time they get here: the trainer converts tensors once per step (one host sync).
 """
@@ -8,19 +9,54 @@ import json
 import logging
 import math
 import os
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from mhpo_vl.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
 
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+DEFAULT_LOGGERS = ("jsonl", "tensorboard")
+
+
+def check_loggers(loggers: Sequence[str]) -> list[str]:
+    """The logger names, checked: known, no repeats, jsonl among them (resume, `plot` and `study` read
+    metrics.jsonl). Raises ValueError naming the problem."""
+    names = list(loggers)
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise ValueError(f"unknown logger(s) {', '.join(map(repr, unknown))}; valid: {', '.join(LOGGERS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a logger is listed twice: {names}")
+    if "jsonl" not in names:
+        raise ValueError(f"jsonl must be among the loggers (resume, plot and study read metrics.jsonl), got {names}")
+    return names
+
+
+def metrics_writer(t: TrainerConfig, *, enabled: bool = True, run_config: dict[str, Any] | None = None) -> "MetricsWriter":
+    """The writer a training run uses: into ``trainer.output_dir``, to ``trainer.loggers``."""
+    return MetricsWriter(t.output_dir, enabled=enabled, loggers=t.loggers, run_config=run_config)
+
+
 class MetricsWriter:
-    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, enabled: bool = True):
+    """Writes each step's metrics to every logger in ``loggers`` under the same names (default: jsonl and
+    TensorBoard; ``tensorboard=False`` is the older spelling of leaving TensorBoard out)."""
+
+    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, enabled: bool = True,
+                 loggers: Sequence[str] | None = None, run_config: dict[str, Any] | None = None):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
+        if loggers is None:
+            loggers = DEFAULT_LOGGERS if tensorboard else ("jsonl",)
+        self.loggers = check_loggers(loggers)
         self._tb = None
         self._tb_args = None
-        if enabled and tensorboard:
+        self._wandb = None
+        if enabled and "tensorboard" in self.loggers:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: F401
             except ImportError as e:  # tensorboard is a declared dependency; say so rather than run without it
@@ -28,11 +64,14 @@ class MetricsWriter:
                                    "(pip install tensorboard)") from e
             # Opened at the first write, so that a resume can first tell it where to cut (purge_step).
             self._tb_args = {"log_dir": str(Path(output_dir) / "tensorboard")}
+        if enabled and "wandb" in self.loggers:
+            self._wandb = WandbLogger(output_dir, run_config=run_config)
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop lines of steps after the checkpoint, which the resumed run will write again (and the
         TensorBoard events of those steps). A torn last line (a kill or power cut mid-write) is dropped with a
-        notice; any other unreadable line is an error naming the file and line, and the file is left as it is."""
+        notice; any other unreadable line is an error naming the file and line, and the file is left as it is.
+        W&B cannot drop logged steps: it ignores the rewritten steps' rows (metrics.jsonl is the record)."""
         if not self.enabled:
             return
         if self._tb_args is not None:
@@ -52,19 +91,61 @@ class MetricsWriter:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())  # a row that was written survives a power cut (one fsync per step)
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
         if self._tb_args is not None and self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(**self._tb_args)
         if self._tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(step, scalars)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
+
+
+class WandbLogger:
+    """Weights & Biases, started at the first row: ``<output_dir>/wandb/`` holds its files (offline runs included:
+    set WANDB_MODE=offline, then `wandb sync <output_dir>/wandb/offline-run-*` uploads later). The run id is kept in
+    ``<output_dir>/wandb/run_id``, so a resumed training run continues the same W&B run. Project: $WANDB_PROJECT,
+    else "mhpo-vl"; name: the output directory's name."""
+
+    def __init__(self, output_dir: str | Path, *, run_config: dict[str, Any] | None = None):
+        try:
+            import wandb
+        except ImportError as e:
+            raise RuntimeError("trainer.loggers lists wandb but the `wandb` package is not installed "
+                               "(pip install wandb; without a network, also set WANDB_MODE=offline)") from e
+        self._wandb = wandb
+        self.dir = Path(output_dir) / "wandb"
+        self._config = run_config
+        self._run = None
+
+    def _start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        id_file = self.dir / "run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+        self._run = self._wandb.init(dir=str(self.dir.parent), id=run_id, resume="allow",
+                                     project=os.environ.get("WANDB_PROJECT", "mhpo-vl"),
+                                     name=self.dir.parent.resolve().name, config=self._config)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if self._run is None:
+            self._start()
+        self._run.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
 
 
 def _jsonable(v: Any) -> Any:

@@ -9,11 +9,39 @@ from mhpo_vl.config import ConfigError, RunConfig, load_config, save_config
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 
-def test_every_shipped_config_loads_and_validates():
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key not in ("options", "loss_params", "tiny_overrides"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_every_shipped_config_loads_with_the_values_its_file_sets(tmp_path):
+    """Each shipped config loads, validates, holds every value its own YAML sets (read here with plain yaml, not the
+    loader), keeps the defaults of the sections it does not touch, and survives save -> load unchanged."""
+    import yaml
+
+    from mhpo_vl.config import config_to_dict
+
     assert len(CONFIGS) >= 8
+    defaults = config_to_dict(RunConfig())
     for path in CONFIGS:
         cfg = load_config(path)
-        assert isinstance(cfg, RunConfig)
+        loaded = config_to_dict(cfg)
+        written = yaml.safe_load(path.read_text())
+        has_base = written.pop("base", None) is not None
+        for dotted, value in _leaves(written):
+            node = loaded
+            for key in dotted.split("."):
+                node = node[key]
+            expected = list(value) if isinstance(value, tuple) else value
+            assert node == expected or (isinstance(value, (int, float)) and node == pytest.approx(value)), \
+                f"{path.name}: {dotted} is {node!r}, the file says {value!r}"
+        for section in [] if has_base else [s for s in defaults if s not in written]:
+            assert loaded[section] == defaults[section], f"{path.name}: section {section} is not the default"
+        save_config(cfg, tmp_path / "again.yaml")
+        assert load_config(tmp_path / "again.yaml") == cfg, path.name
 
 
 def test_baseline_configs_differ_from_mhpo_only_in_the_loss_and_output_dir():

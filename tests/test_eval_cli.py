@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from mhpo_vl.cli import main
-from mhpo_vl.evaluate import ProblemResult, ResponsesFile
+from mhpo_vl.evaluation.results import ProblemResult, ResponsesFile
 
-ALL_BENCHMARKS = "mathvista,mathvision,mathverse,geometry3k,math500,aime24,aime25,amc23,hmmt25"
+ALL_SUITES = "mathvista,mathvision,mathverse,geometry3k,math500,aime24,aime25,amc23,hmmt25"
 MATHVISTA_WITH_IMAGES = "106,225,540,824,852"  # the 5 testmini images in the fixtures (PROVENANCE.md)
 
 
@@ -53,10 +53,10 @@ def math500_ids(fx: Path, count: int) -> list[str]:
 # ----------------------------------------------------------------------------------------- bad input --
 
 def test_unknown_benchmark_lists_the_valid_ones(capsys, tmp_path):
-    code = main(["eval", "--model", str(tmp_path), "--benchmarks", "mathvista,mathvista2", "--output-dir", str(tmp_path)])
+    code = main(["eval", "--model", str(tmp_path), "--suites", "mathvista,mathvista2", "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "unknown benchmark 'mathvista2'" in err and "valid: mathvista, mathvision, mathverse, geometry3k" in err
+    assert "unknown evaluation suite 'mathvista2'" in err and "valid: mathvista, mathvision, mathverse, geometry3k" in err
 
 
 def test_missing_source_path_is_named(capsys, tmp_path):
@@ -69,14 +69,14 @@ def test_missing_source_path_is_named(capsys, tmp_path):
 def test_flag_for_a_benchmark_not_chosen_is_an_error(capsys, tmp_path, fixtures_dir):
     code = main(["eval", "--model", str(tmp_path), "--benchmarks", "math500", "--source",
                  f"aime24={fixtures_dir / 'text_math'}", "--output-dir", str(tmp_path / "out")])
-    assert code == 2 and "'aime24' is not among --benchmarks (math500)" in capsys.readouterr().err
+    assert code == 2 and "'aime24' is not among --suites (math500)" in capsys.readouterr().err
 
 
 def test_ids_not_in_the_benchmark_are_named(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
     code = main(["eval", "--model", str(tiny_vl_model_dir), "--benchmarks", "mathvista", *_only(fixtures_dir, "mathvista"),
                  "--ids", "mathvista=106,99999", "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 2 and "--ids mathvista: 1 id(s) not in the benchmark" in err and err.rstrip().endswith("99999")
+    assert code == 2 and "--ids mathvista: 1 id(s) not in the suite" in err and err.rstrip().endswith("99999")
 
 
 def _only(fx: Path, name: str) -> list[str]:
@@ -96,7 +96,7 @@ def test_text_only_model_needs_no_images_for_an_image_benchmark(capsys, tmp_path
                  "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "benchmark mathvision: 2 problem(s) have images but" in err and "text-only model; pass --no-images" in err
+    assert "suite mathvision: 2 problem(s) have images but" in err and "text-only model; pass --no-images" in err
 
 
 def test_mathvista_rows_without_their_image_are_refused(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
@@ -224,13 +224,13 @@ def test_eval_run_best_vs_latest_from_finished_checkpoints(capsys, tmp_path, fix
 # ------------------------------------------------------------------------------- slow: real sampling --
 
 @pytest.mark.slow
-def test_eval_every_benchmark_with_vllm_and_resume(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
+def test_eval_every_suite_with_vllm_and_resume(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
     """One vLLM engine for all nine benchmarks (n=2, 3 problems each); then a rerun that has nothing to do, and one
     that redoes a deleted problem and draws exactly what the first run drew (seeds follow the dataset position)."""
     import time
 
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(tiny_vl_model_dir), "--benchmarks", ALL_BENCHMARKS, *fixture_sources(fixtures_dir),
+    argv = ["eval", "--model", str(tiny_vl_model_dir), "--benchmarks", ALL_SUITES, *fixture_sources(fixtures_dir),
             "--n", "2", "--max-tokens", "12", "--limit", "3", "--dtype", "float32", "--min-pixels", "3136",
             "--max-pixels", "12544", "--max-prompt-length", "1024", "--label", "tiny-vl", "--output-dir", str(out),
             "--no-progress"]
@@ -238,7 +238,7 @@ def test_eval_every_benchmark_with_vllm_and_resume(capsys, tmp_path, fixtures_di
     assert main(argv) == 0, capsys.readouterr().err
     first_wall = time.perf_counter() - started
     summary = json.loads((out / "summary.json").read_text())
-    names = ALL_BENCHMARKS.split(",")
+    names = ALL_SUITES.split(",")
     assert list(summary["benchmarks"]) == names and summary["sampling"]["use_images"] is True
     for name in names:
         lines = (out / name / "responses.jsonl").read_text().splitlines()

@@ -1,4 +1,4 @@
-"""Metrics of mhpo_vl.evaluate against hand-computed numbers, and the resumable responses file."""
+"""Metrics of mhpo_vl.evaluation.results against hand-computed numbers, and the resumable responses file."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mhpo_vl.evaluate import (
+from mhpo_vl.evaluation.results import (
     ProblemResult, ResponsesFile, avg_at_n, breakdown, check_run_settings, comparison_table, majority_vote,
     mean_pass_at_k, pass_at_k, pass_k_values, summarize_problems, summary_markdown, vote_key,
 )

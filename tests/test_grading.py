@@ -290,3 +290,17 @@ def test_format_without_think_requirement():
     assert format_ok("The answer is \\boxed{4}.", require_think=False)
     assert not format_ok("The answer is 4.", require_think=False)
     assert not format_ok("The answer is \\boxed{4}.")
+
+
+def test_grading_loads_no_benchmark_scorer():
+    """The training reward's workers import the grading modules (the pool's preload, grading.warm, included) and must
+    not pay for a benchmark scorer (MathVision's LaTeX parser): importing every grading module loads no scoring one."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, mhpo_vl.grading as g\n"
+            "for m in pkgutil.iter_modules(g.__path__): importlib.import_module('mhpo_vl.grading.' + m.name)\n"
+            "print(sorted(n for n in sys.modules if n.startswith('mhpo_vl.scoring')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,13 +1,14 @@
-"""`mhpo-vl eval-run RUN_DIR --benchmarks ... --output-dir D [--checkpoints all|best,latest|NAMES] [--best-by val|benchmark]`
+"""`mhpo-vl eval-run RUN_DIR --suites ... --output-dir D [--checkpoints all|best,latest|NAMES] [--best-by val|suite]`
 
 Evaluates the checkpoints of a training run (``RUN_DIR/checkpoints/step_*``, listed in ``index.json``) with the same
-sampling flags as `mhpo-vl eval`, each into ``D/<step>/`` (an ordinary, resumable eval directory), then writes the
+sampling flags as `mhpo-vl eval` and the same library call (:func:`mhpo_vl.evaluation.run_evaluation`), each into
+``D/<step>/`` (an ordinary, resumable eval directory), then writes the
 best-vs-latest table of the paper's Table 4 (``D/best_vs_latest.md`` / ``.json``) and every checkpoint's Avg@n
 (``D/checkpoints.md``).
 
 "Best" is, by default, the checkpoint the trainer marked best by VALIDATION accuracy (index.json ``best``): a choice
-made without the benchmarks. ``--best-by benchmark`` instead takes, per benchmark, the evaluated checkpoint with the
-highest score there: an oracle choice on the test set, optimistic by construction (say so when you report it).
+made without the evaluation suites. ``--best-by suite`` (older name: ``benchmark``) instead takes, per suite, the
+evaluated checkpoint with the highest score there: an oracle choice on the test set, optimistic by construction (say so when you report it).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mhpo_vl.commands.eval import add_sampling_arguments, evaluate
+from mhpo_vl.commands.eval import add_sampling_arguments, eval_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", default="all",
                         help="which checkpoints: all (default: every step_* folder present), or a comma list of "
                              "names and the words best / latest")
-    parser.add_argument("--best-by", choices=("val", "benchmark"), default="val",
-                        help="val (default): index.json's best (validation accuracy); benchmark: per benchmark, the "
-                             "checkpoint scoring highest on it (an oracle on the test set)")
+    parser.add_argument("--best-by", choices=("val", "suite", "benchmark"), default="val",
+                        help="val (default): index.json's best (validation accuracy); suite: per suite, the "
+                             "checkpoint scoring highest on it (an oracle on the test set); benchmark: older name of suite")
     add_sampling_arguments(parser)
 
 
@@ -78,7 +79,7 @@ def best_vs_latest(summaries: dict[str, dict[str, Any]], index: dict[str, Any], 
         best = index.get("best")
         if best is None:
             raise ValueError("index.json names no best checkpoint (the run recorded no validation accuracy); "
-                             "use --best-by benchmark")
+                             "use --best-by suite")
         if best not in summaries:
             raise ValueError(f"the best checkpoint {best} was not evaluated (add it to --checkpoints)")
     names = list(summaries[latest]["benchmarks"])
@@ -99,15 +100,15 @@ def best_vs_latest(summaries: dict[str, dict[str, Any]], index: dict[str, Any], 
 
 
 def best_vs_latest_markdown(table: dict[str, Any], run_label: str) -> str:
-    from mhpo_vl.evaluate import markdown_table, pct
+    from mhpo_vl.evaluation.results import markdown_table, pct
 
     rows = table["benchmarks"]
     names = list(rows)
     how = ("validation accuracy (index.json best)" if table["best_by"] == "val"
-           else "the highest score per benchmark (oracle on the test set)")
+           else "the highest score per suite (oracle on the test set)")
     parts = [f"# Best vs latest checkpoint: {run_label}", "",
              f"Avg@n (%); best checkpoint chosen by {how}. Δ = latest − best.", ""]
-    # The paper's Table 4 shape: one row per run, Best/Latest per benchmark, then Avg. and Δ.
+    # The paper's Table 4 shape: one row per run, Best/Latest per suite, then Avg. and Δ.
     header = ["Run"] + [f"{n} {w}" for n in names for w in ("Best", "Latest")] + ["Avg. Best", "Avg. Latest", "Δ"]
     row = [run_label] + [pct(rows[n][w]) for n in names for w in ("best", "latest")]
     avg = table["average"]
@@ -116,12 +117,12 @@ def best_vs_latest_markdown(table: dict[str, Any], run_label: str) -> str:
     detail = [[n, f"{pct(r['best'])} ({r['best_checkpoint']})", f"{pct(r['latest'])} ({r['latest_checkpoint']})",
                f"{100 * r['drop']:+.1f}"] for n, r in rows.items()]
     detail.append(["Avg.", pct(avg["best"]), pct(avg["latest"]), f"{100 * avg['drop']:+.1f}"])
-    parts += [markdown_table(["Benchmark", "Best", "Latest", "Δ"], detail), ""]
+    parts += [markdown_table(["Suite", "Best", "Latest", "Δ"], detail), ""]
     return "\n".join(parts)
 
 
 def checkpoints_markdown(summaries: dict[str, dict[str, Any]], index: dict[str, Any]) -> str:
-    from mhpo_vl.evaluate import markdown_table, pct
+    from mhpo_vl.evaluation.results import markdown_table, pct
 
     val = {h.get("name"): h.get("val_accuracy") for h in index.get("history", []) if isinstance(h, dict)}
     names = list(next(iter(summaries.values()))["benchmarks"])
@@ -134,6 +135,10 @@ def checkpoints_markdown(summaries: dict[str, dict[str, Any]], index: dict[str, 
 
 
 def run(args: argparse.Namespace) -> int:
+    from mhpo_vl.evaluation import run_evaluation
+
+    if args.best_by == "benchmark":
+        args.best_by = "suite"
     run_dir = Path(args.run_dir)
     out = Path(args.output_dir)
     try:
@@ -143,14 +148,14 @@ def run(args: argparse.Namespace) -> int:
         if index["latest"] not in names:
             raise ValueError(f"the latest checkpoint {index['latest']} is not among --checkpoints {args.checkpoints}")
         if args.best_by == "val" and index.get("best") is None:
-            raise ValueError("index.json names no best checkpoint (no validation accuracy recorded); use --best-by benchmark")
+            raise ValueError("index.json names no best checkpoint (no validation accuracy recorded); use --best-by suite")
         if args.best_by == "val" and index["best"] not in names:
             raise ValueError(f"the best checkpoint {index['best']} is not among --checkpoints {args.checkpoints}")
         summaries = {}
         for name in names:
             print(f"[mhpo-vl eval-run] {name}", file=sys.stderr)
-            summaries[name] = evaluate(args, str(run_dir / "checkpoints" / name), out / name,
-                                       label=f"{run_dir.name}/{name}")
+            config = eval_config(args, str(run_dir / "checkpoints" / name), out / name, label=f"{run_dir.name}/{name}")
+            summaries[name] = run_evaluation(config)
         table = best_vs_latest(summaries, index, args.best_by)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mhpo-vl eval-run: error: {exc}", file=sys.stderr)

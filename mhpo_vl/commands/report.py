@@ -1,6 +1,6 @@
 """`mhpo-vl report EVAL_DIR [EVAL_DIR ...] [--labels A,B,...] [--metric avg|maj|pass@K] [--out FILE]`
 
-One Markdown table comparing evaluated runs side by side (rows = runs, columns = benchmarks + Avg.), each cell with its
+One Markdown table comparing evaluated runs side by side (rows = runs, columns = evaluation suites + Avg.), each cell with its
 difference from the FIRST run, as the paper's Table 1 (e.g. base model first, then GRPO, MHPO). Reads the
 ``summary.json`` that `mhpo-vl eval` writes (a directory or the file itself).
 """
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_report(paths: list[str], labels: list[str] | None = None, metric: str = "avg") -> str:
-    from mhpo_vl.evaluate import comparison_table, load_summary
+    from mhpo_vl.evaluation.results import comparison_table, load_summary
 
     summaries = [load_summary(p) for p in paths]
     if labels is None:

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mhpo_vl.atomic_io import atomic_text_output, same_file
-from mhpo_vl.scoring import BENCHMARKS, MATHVISTA, MODES, load_reference, merge_reference, score_row, validate_row
+from mhpo_vl.scoring import MATHVISTA, MODES, SCORERS, load_reference, merge_reference, score_row, validate_row
 
 SUMMARY_LIST_LIMIT = 20
 _BLANK = object()  # marks a blank line (not a row; counted in the summary)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="whose rules to apply")
+    parser.add_argument("--benchmark", required=True, choices=SCORERS, help="whose rules to apply")
     parser.add_argument("--predictions", required=True, help="input JSONL: benchmark rows plus the model's response")
     parser.add_argument("--out", required=True, help="output JSONL (overwritten)")
     parser.add_argument("--mode", choices=MODES, default="strict",
@@ -213,7 +213,7 @@ def _score_all(args: argparse.Namespace, path: Path, reference: dict | None, out
                             tail(response) if isinstance(response, str) else response)
 
     tally = _Tally()
-    with HardTimeoutPool(args.num_workers, args.timeout_s, preload=["mhpo_vl.grading.warm", "mhpo_vl.scoring"]) as pool, \
+    with HardTimeoutPool(args.num_workers, args.timeout_s, preload=["mhpo_vl.scoring.warm", "mhpo_vl.scoring"]) as pool, \
             atomic_text_output(out_path) as out:
         def flush(batch: list[tuple[dict, tuple]]) -> None:
             for (row, _), result in zip(batch, pool.imap(score_row, [task for _, task in batch])):

@@ -2,7 +2,8 @@
 
 ``VLLMSampler`` (vLLM engine, in-process weight sync) and ``HFSampler`` (transformers ``generate`` on the policy
 itself) share one interface: ``generate(prompts, config) -> list[list[Completion]]``, ``load_weights(named_tensors)``,
-``sleep()``, ``wake_up()``. vLLM is imported only when a ``VLLMSampler`` is built.
+``sleep()``, ``wake_up()``. ``factory.make_sampler`` is the one place either is built. vLLM is imported only when a
+``VLLMSampler`` is built.
 """
 from __future__ import annotations
 

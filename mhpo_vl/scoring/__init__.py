@@ -1,4 +1,6 @@
-"""Benchmark scoring for `mhpo-vl score`: each benchmark's own rules on rows in the benchmark's own format.
+"""Benchmark scorers for `mhpo-vl score`: each benchmark's own rules on rows in the benchmark's own format.
+(Not to be confused with the evaluation suites of `mhpo-vl eval`, mhpo_vl/evaluation/suites.py, which grade with the
+training grader, nor with the performance benchmarks in the top-level benchmarks/ folder.)
 
 mathvista.py, mathvision.py, mathverse.py hold the benchmark-specific rules (see docs/scoring.md); the text math
 sets and Geometry3K are scored with the training grader (mhpo_vl.grading). ``validate_row`` names the first
@@ -10,8 +12,8 @@ import string
 from typing import Any
 
 MATHVISTA, MATHVISION, MATHVERSE = "mathvista", "mathvision", "mathverse"
-GRADER_BENCHMARKS = ("geometry3k", "math500", "aime24", "aime25", "amc23", "hmmt25")
-BENCHMARKS = (MATHVISTA, MATHVISION, MATHVERSE) + GRADER_BENCHMARKS
+GRADER_SCORED = ("geometry3k", "math500", "aime24", "aime25", "amc23", "hmmt25")  # no official scorer: the grader's
+SCORERS = (MATHVISTA, MATHVISION, MATHVERSE) + GRADER_SCORED  # the benchmarks `mhpo-vl score --benchmark` scores
 MODES = ("strict", "official")
 # The field that names a row in each benchmark's original file (MathVerse: sample_index is unique across versions).
 REFERENCE_KEYS = {MATHVISTA: "pid", MATHVISION: "id", MATHVERSE: "sample_index", "math500": "unique_id"}
@@ -70,10 +72,10 @@ def required_fields(benchmark: str) -> tuple[str, ...]:
         from mhpo_vl.scoring.mathvision import REQUIRED_FIELDS
     elif benchmark == MATHVERSE:
         from mhpo_vl.scoring.mathverse import REQUIRED_FIELDS
-    elif benchmark in GRADER_BENCHMARKS:
+    elif benchmark in GRADER_SCORED:
         REQUIRED_FIELDS = ("answer",)  # noqa: N806
     else:
-        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {', '.join(SCORERS)}")
     return REQUIRED_FIELDS
 
 
@@ -107,7 +109,7 @@ def validate_row(benchmark: str, row: Any, response_field: str) -> str | None:
     elif benchmark == MATHVERSE:
         if row["question_type"] not in ("multi-choice", "free-form"):
             return f"field 'question_type' must be multi-choice or free-form, got {row['question_type']!r}"
-    elif benchmark in GRADER_BENCHMARKS:
+    elif benchmark in GRADER_SCORED:
         if "choices" in row and row["choices"] is not None and not isinstance(row["choices"], list):
             return "field 'choices' must be a list"
     return None
@@ -151,11 +153,11 @@ def score_row(benchmark: str, mode: str, row: dict, response: str) -> dict[str, 
         from mhpo_vl.scoring import mathverse
 
         prediction, correct = mathverse.score(row, response)
-    elif benchmark in GRADER_BENCHMARKS:
+    elif benchmark in GRADER_SCORED:
         from mhpo_vl.grading.grader import grade_one
 
         verdict = grade_one(_grader_sample(benchmark, row), response, require_think=False)
         prediction, correct = verdict.prediction, verdict.correct
     else:
-        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {', '.join(SCORERS)}")
     return {"prediction": prediction, "correct": bool(correct)}

@@ -1,4 +1,4 @@
-"""Evaluation metrics over graded samples, the resumable per-benchmark responses file, and the summary tables.
+"""Evaluation metrics over graded samples, the resumable per-suite responses file, and the summary tables.
 
 Every problem is sampled n times and each response graded by the training grader (:class:`mhpo_vl.grading.Grader`).
 With c_i correct responses out of n for problem i, over P problems:
@@ -17,7 +17,7 @@ With c_i correct responses out of n for problem i, over P problems:
 Breakdowns (MathVista by task and skill, ...) are the same metrics restricted to the problems whose
 ``metadata[field]`` has a value; a list-valued field (MathVista ``skills``) counts the problem once under each item.
 
-The responses file ``<out>/<benchmark>/responses.jsonl`` holds one JSON line per problem (``ProblemResult``), written
+The responses file ``<out>/<suite>/responses.jsonl`` holds one JSON line per problem (``ProblemResult``), written
 after each batch and fsync'ed, so a crash loses at most the batch in flight; a rerun reads it and samples only the
 problems that are not in it yet. A corrupt line in the middle of the file is an error naming the line; an unterminated
 LAST line (what a kill during a write leaves behind) is reported on stderr and cut off, and its problem is sampled again.
@@ -265,7 +265,7 @@ def check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
         if differ:
             lines = "; ".join(f"{k}: file has {old!r}, now {new!r}" for k, (old, new) in differ.items())
             raise ValueError(f"{out_dir} holds responses sampled with other settings ({lines}). Resuming would mix "
-                             "them: use another --output-dir, or --overwrite to start this benchmark again")
+                             "them: use another --output-dir, or --overwrite to start this suite again")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -359,7 +359,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align_f
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The Table 1C-style main table (rows = model, columns = benchmarks + Avg, Avg@n in %), then per-benchmark
+    """The Table 1C-style main table (rows = model, columns = suites + Avg, Avg@n in %), then per-suite
     Pass@k / Maj@n / response statistics and the breakdown tables."""
     benches = summary["benchmarks"]
     names = list(benches)
@@ -374,9 +374,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     row = [summary["model_label"]] + [pct(benches[b]["metrics"]["avg"]) for b in names] + [pct(summary["average"])]
     parts += [markdown_table(header, [row]), ""]
 
-    parts += ["## Per benchmark", ""]
+    parts += ["## Per suite", ""]
     all_ks = sorted({int(k) for b in benches.values() for k in b["metrics"]["pass_at_k"]})
-    header = ["Benchmark", "problems", "n", "Avg@n"] + [f"Pass@{k}" for k in all_ks] + [
+    header = ["Suite", "problems", "n", "Avg@n"] + [f"Pass@{k}" for k in all_ks] + [
         "Maj@n", "format", "no answer", "truncated", "mean tokens", "timeouts"]
     rows = []
     for name in names:
@@ -410,12 +410,12 @@ def load_summary(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not an evaluation summary (no 'benchmarks' object)")
     for name, bench in summary["benchmarks"].items():
         if not isinstance(bench, dict) or "avg" not in bench.get("metrics", {}):
-            raise ValueError(f"{path}: benchmark {name!r} has no metrics.avg")
+            raise ValueError(f"{path}: suite {name!r} has no metrics.avg")
     return summary
 
 
 def metric_of(bench: dict[str, Any], metric: str) -> float | None:
-    """'avg', 'majority', or 'pass@K' from one benchmark's summary entry (None when that k was not computed)."""
+    """'avg', 'majority', or 'pass@K' from one suite's summary entry (None when that k was not computed)."""
     m = bench["metrics"]
     if metric == "avg":
         return m["avg"]
@@ -427,17 +427,17 @@ def metric_of(bench: dict[str, Any], metric: str) -> float | None:
 
 
 def comparison_table(summaries: Sequence[dict[str, Any]], labels: Sequence[str], metric: str = "avg") -> tuple[str, list[str]]:
-    """Rows = runs, columns = benchmarks + Avg.; each cell ``value (+delta vs the first run)``, as the paper's tables.
+    """Rows = runs, columns = suites + Avg.; each cell ``value (+delta vs the first run)``, as the paper's tables.
 
-    Avg. is the macro average over the benchmarks that EVERY run has (so rows are comparable); the returned notes
-    say which benchmarks were left out of it."""
+    Avg. is the macro average over the suites that EVERY run has (so rows are comparable); the returned notes
+    say which suites were left out of it."""
     names: list[str] = []
     for s in summaries:
         names += [b for b in s["benchmarks"] if b not in names]
     common = [b for b in names if all(b in s["benchmarks"] for s in summaries)]
     notes = []
     if len(common) < len(names):
-        notes.append(f"Avg. covers the benchmarks every run has: {', '.join(common) or 'none'}; "
+        notes.append(f"Avg. covers the suites every run has: {', '.join(common) or 'none'}; "
                      f"left out: {', '.join(b for b in names if b not in common)}.")
 
     def values(s: dict[str, Any]) -> dict[str, float | None]:

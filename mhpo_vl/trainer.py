@@ -88,11 +88,13 @@ class TrainerParts:
 class Trainer:
     def __init__(self, cfg: RunConfig, parts: TrainerParts):
         t = cfg.trainer
-        self.cfg, self.parts = cfg, parts
+        self.cfg = cfg
         self.rt, self.run_dir, self.ckpt = parts.rt, parts.run_dir, parts.run_dir.checkpoints
-        self.policy, self.model, self.optimizer, self.ref_model = parts.policy, parts.model, parts.optimizer, parts.ref_model
-        self.encoder, self.train_samples, self.val_samples = parts.encoder, parts.train_samples, parts.val_samples
-        self.loss_fn, self.reward_fn, self.sampler, self.writer = parts.loss_fn, parts.reward_fn, parts.sampler, parts.writer
+        self.policy, self.model, self.optimizer = parts.policy, parts.model, parts.optimizer
+        self.ref_model, self.encoder = parts.ref_model, parts.encoder
+        self.train_samples, self.val_samples = parts.train_samples, parts.val_samples
+        self.loss_fn, self.reward_fn, self.sampler, self.writer = (parts.loss_fn, parts.reward_fn, parts.sampler,
+                                                                   parts.writer)
         self.out = Path(t.output_dir)
         self.group_size = cfg.rollout.n
         self.order = PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,

@@ -190,3 +190,17 @@ def test_nonfinite_losses_skip_the_update_and_stop_the_run(tmp_path):
     with pytest.raises(TrainingDivergedError, match="3 updates in a row"):
         trainer.update(nan_batch, old)
     trainer.close()
+
+
+def test_fit_validates_logs_and_summarises_without_a_model(tmp_path):
+    import json
+
+    trainer = make_trainer(tmp_path, "trainer.total_steps=2", "trainer.val_every=1", "trainer.save_every=0",
+                           "rollout.val_n=2")
+    summary = trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and "val/accuracy" in rows[0] and "reward/mean" in rows[2]
+    assert [v["step"] for v in summary["val_history"]] == [0, 1, 2]
+    assert summary["val_accuracy_initial"] == 0.5 and summary["steps"] == 2 and summary["nonfinite_updates"] == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
+    assert trainer.run_dir.lock is None  # fit closed the trainer and let go of the directory

@@ -3,7 +3,7 @@
 Each rank takes its share of the same 4 prompts x 2 responses; rewards, advantages, old logprobs and the update
 run through the real Trainer (HF sampler so no vLLM engine is needed). Writes <out>/rank<r>.pt with the trainable
 weights after the updates, the minibatch losses (summed over ranks) and the count of skipped updates. With a 4th
-argument "nan", rank 0's first micro-batch loss is made NaN.
+argument "nan", rank 0's first micro-batch loss is made NaN (by the loss part build_trainer is given).
 """
 import dataclasses
 import os
@@ -14,7 +14,8 @@ import torch
 
 def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "finite") -> None:
     from mhpo_vl.config import load_config
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.trainer_parts import make_loss, make_runtime
 
     overrides = [
         f"model.name_or_path={model_dir}", "model.dtype=float32", "model.gradient_checkpointing=false",
@@ -33,31 +34,24 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
     if deepspeed != "none":
         overrides.append(f"trainer.deepspeed={deepspeed}")
     cfg = load_config(None, overrides)
-    trainer = Trainer(cfg)
-    rank, world = trainer.rt.rank, trainer.rt.world_size
-    if nan_first_micro == "nan" and rank == 0:
+    runtime = make_runtime(cfg)
+    loss_fn = make_loss(cfg)
+    if nan_first_micro == "nan" and runtime.rank == 0:
         # Rank 0's very first micro-batch loss is NaN: every rank must skip that whole minibatch together.
-        real_micro_loss, calls = trainer._micro_loss, []
-
-        def micro_loss(*args):
-            out = real_micro_loss(*args)
-            calls.append(1)
-            if len(calls) == 1:
-                out = dataclasses.replace(out, loss=out.loss * float("nan"))
-            return out
-
-        trainer._micro_loss = micro_loss
+        loss_fn = _NaNOnFirstCall(loss_fn)
+    trainer = build_trainer(cfg, runtime=runtime, loss_fn=loss_fn)
+    rank, world = trainer.rt.rank, trainer.rt.world_size
     skipped = 0
     samples = trainer.train_samples[:4]
     losses = []
     for update in range(2):
         # one right and one wrong answer per prompt, so advantages are +-1
-        rollouts = _scored_rollouts(trainer, samples[rank::world],
-                                    lambda s, k: s.answer if k == 0 else str(int(s.answer) + 1 + update))
-        trainer.compute_advantages(rollouts)
-        trainer.compute_old_logprobs(rollouts)
-        skipped += trainer.update(rollouts)["updates/skipped_nonfinite"]
-        losses.extend(trainer.last_update_losses)
+        scored = _scored_rollouts(trainer, samples[rank::world],
+                                  lambda s, k: s.answer if k == 0 else str(int(s.answer) + 1 + update))
+        batch = trainer.compute_advantages(scored)
+        stats = trainer.update(batch, trainer.compute_old_logprobs(batch.rollouts))
+        skipped += stats.skipped
+        losses.extend(stats.minibatch_losses)
     refill = None
     if deepspeed == "none":  # (the HF sampler cannot generate under multi-rank ZeRO-3; refill is not DeepSpeed's)
         refill = _refill_where_only_rank1_needs_it(trainer, samples)
@@ -69,15 +63,26 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
     trainer.close()
 
 
+class _NaNOnFirstCall:
+    """The configured loss, except that its first call's loss is NaN."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn, self.calls = loss_fn, 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.loss_fn(*args, **kwargs)
+        self.calls += 1
+        return dataclasses.replace(out, loss=out.loss * float("nan")) if self.calls == 1 else out
+
+
 def _refill_where_only_rank1_needs_it(trainer, samples):
     """DAPO dynamic sampling: rank 0's groups all have reward variance, rank 1's none (both answers wrong), so
     only rank 1 needs refill rounds; every rank must still draw each round's prompts to keep the order in step."""
     rank, world = trainer.rt.rank, trainer.rt.world_size
     trainer.cfg.algorithm.max_refill_rounds = 2
-    rollouts = _scored_rollouts(trainer, samples[rank::world],
-                                lambda s, k: s.answer if (k == 0 and rank == 0) else str(int(s.answer) + 1 + k))
-    trainer.compute_advantages(rollouts)
-    _, refill = trainer.refill_dynamic(rollouts)
+    scored = _scored_rollouts(trainer, samples[rank::world],
+                              lambda s, k: s.answer if (k == 0 and rank == 0) else str(int(s.answer) + 1 + k))
+    _, refill = trainer.refill_dynamic(trainer.compute_advantages(scored))
     return refill
 
 
@@ -94,9 +99,7 @@ def _scored_rollouts(trainer, mine, answer_of):
             rows_p.append(p)
             rows_c.append(Completion(text=text, token_ids=tok.encode(text, add_special_tokens=False),
                                      sampler_logprobs=None, finish_reason="stop"))
-    rollouts = Rollouts(rows_p, rows_c, 2)
-    trainer.score(rollouts)
-    return rollouts
+    return trainer.score(Rollouts(rows_p, rows_c, 2))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def build_warm_model(base_model_dir: Path, folder: Path) -> None:
     import tempfile
 
     from mhpo_vl.config import load_config
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
     from mhpo_vl.warmstart import run_warmstart
 
     with tempfile.TemporaryDirectory() as run_dir:
@@ -109,7 +109,7 @@ def build_warm_model(base_model_dir: Path, folder: Path) -> None:
             "rollout.backend": "hf", "warmstart.steps": str(WARM_START_STEPS), "warmstart.lr": "2e-3",
             "warmstart.batch_size": "32", "warmstart.response_template": "\\boxed{{{answer}}}",
             "data.train": "{name: geosynth, split: train, options: {n: 512, seed: 0, difficulty: 0}}"})
-        trainer = Trainer(load_config(None, overrides))
+        trainer = build_trainer(load_config(None, overrides))
         run_warmstart(trainer, trainer.cfg.warmstart)
         trainer.rt.unwrapped().save_pretrained(folder, safe_serialization=True)
         trainer.policy.processor.save_pretrained(folder)

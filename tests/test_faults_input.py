@@ -299,13 +299,13 @@ def test_a_too_long_training_prompt_stops_the_trainer_before_it_starts(tmp_path,
     from run_helpers import small_overrides
 
     from mhpo_vl.collate import PromptTooLongError
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
 
     source = _long_prompt_dataset(tmp_path)
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
         "data.train": f"{{name: math500, source: {source}}}", "rollout.backend": "hf"}))
     with pytest.raises(PromptTooLongError) as info:
-        Trainer(cfg)
+        build_trainer(cfg)
     message = str(info.value)
     assert "prompt of sample math500/p4 is " in message and "over max_prompt_length=256 (data.train)" in message
     assert "data.skip_bad=true (mhpo-vl train --skip-bad)" in message

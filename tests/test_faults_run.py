@@ -65,14 +65,14 @@ def _run_files(out: Path) -> dict[str, bytes]:
 
 def test_a_rerun_with_changed_settings_is_refused_and_lists_every_difference(tmp_path, tiny_vl_model_dir):
     from mhpo_vl.run_dir import RunDirError
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
 
     out = tmp_path / "run"
     overrides = _used_run_dir(out, tiny_vl_model_dir)
     before = _run_files(out)
     changed = overrides + ["optim.lr=0.1", "algorithm.loss=grpo", "rollout.n=2", "trainer.num_threads=2"]
     with pytest.raises(RunDirError) as err:
-        Trainer(load_config(None, changed))
+        build_trainer(load_config(None, changed))
     message = str(err.value)
     assert "optim.lr: 0.001 -> 0.1" in message
     assert "algorithm.loss: 'mhpo' -> 'grpo'" in message
@@ -94,14 +94,14 @@ def test_config_differences_compare_against_the_defaults_for_keys_an_older_run_d
 
 @pytest.mark.slow
 def test_an_allowed_config_change_is_recorded_and_applied_learning_rate_included(tmp_path, tiny_vl_model_dir):
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
 
     out = tmp_path / "run"
     base = small_overrides(tiny_vl_model_dir, out, **{"rollout.backend": "hf", "optim.lr": "5e-4"})
-    first = Trainer(load_config(None, base))
+    first = build_trainer(load_config(None, base))
     first.save_checkpoint(None)
     first.close()
-    second = Trainer(load_config(None, base + ["optim.lr=0.1", "algorithm.loss=grpo",
+    second = build_trainer(load_config(None, base + ["optim.lr=0.1", "algorithm.loss=grpo",
                                                "trainer.allow_config_change=true"]))
     try:
         assert second.resumed_from.endswith("step_000000")
@@ -135,13 +135,13 @@ def test_apply_optimizer_settings_overrides_what_load_state_dict_restored():
 
 def test_resume_false_in_a_used_directory_is_refused(tmp_path, tiny_vl_model_dir):
     from mhpo_vl.run_dir import RunDirError
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
 
     out = tmp_path / "run"
     overrides = _used_run_dir(out, tiny_vl_model_dir)
     before = _run_files(out)
     with pytest.raises(RunDirError, match=r"trainer\.resume=false.*trainer\.overwrite=true"):
-        Trainer(load_config(None, overrides + ["trainer.resume=false"]))
+        build_trainer(load_config(None, overrides + ["trainer.resume=false"]))
     assert _run_files(out) == before
 
 
@@ -422,12 +422,12 @@ def test_a_lock_file_from_another_host_is_never_taken_over(tmp_path):
 
 def test_train_refuses_a_run_directory_another_process_holds(lock_holder, tiny_vl_model_dir):
     from mhpo_vl.run_dir import RunDirError
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
 
     folder, proc = lock_holder
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, folder, **{"rollout.backend": "hf"}))
     with pytest.raises(RunDirError, match=f"pid {proc.pid}"):
-        Trainer(cfg)
+        build_trainer(cfg)
     assert not (folder / "config.yaml").exists()
 
 
@@ -497,7 +497,7 @@ def test_checkpoints_are_credited_only_with_their_own_steps_validation(killed_be
 @pytest.mark.slow
 def test_a_damaged_checkpoint_and_a_torn_metrics_line_are_survived_and_wall_time_adds_up(
         killed_before_first_checkpoint_then_rerun, tmp_path, tiny_vl_model_dir):
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
 
     source, _ = killed_before_first_checkpoint_then_rerun
     out = tmp_path / "run"
@@ -509,7 +509,7 @@ def test_a_damaged_checkpoint_and_a_torn_metrics_line_are_survived_and_wall_time
     step3_state = CheckpointManager.load_trainer_state(out / "checkpoints" / "step_000003")
     assert step3_state["wall_seconds"] > 0
 
-    trainer = Trainer(load_config(None, _train_overrides(tiny_vl_model_dir, out)))
+    trainer = build_trainer(load_config(None, _train_overrides(tiny_vl_model_dir, out)))
     assert trainer.resumed_from.endswith("step_000003")  # fell back past the damaged step 4
     started = time.perf_counter()
     summary = trainer.fit()

@@ -53,14 +53,14 @@ def test_bad_schedule_settings_are_config_errors(override, message):
 def test_a_run_logs_and_uses_the_scheduled_lr(tmp_path, tiny_vl_model_dir):
     """3 RL steps x 2 updates (HF rollouts): warm-up over 4 updates, then cosine to 0.1 * lr at update 5. The
     logged optim/lr is each step's last update: updates 1, 3, 5 -> lr/2, lr, lr/10."""
-    from mhpo_vl.trainer import Trainer
+    from mhpo_vl.trainer import build_trainer
 
     out = tmp_path / "run"
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, out, **{
         "rollout.backend": "hf", "trainer.total_steps": "3", "trainer.val_every": "0", "trainer.save_every": "0",
         "trainer.val_before_train": "false", "optim.lr": "1e-3", "optim.warmup_steps": "4",
         "optim.lr_schedule": "cosine", "optim.min_lr_ratio": "0.1"}))
-    trainer = Trainer(cfg)
+    trainer = build_trainer(cfg)
     trainer.fit()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]

@@ -33,10 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     log = console.log_path(cfg.trainer.output_dir, "train")
     with console.capture(log, verbose=args.verbose) as captured:
-        from mhpo_vl.trainer import Trainer, TrainingDivergedError
+        from mhpo_vl.trainer import TrainingDivergedError, build_trainer
 
         try:
-            trainer = Trainer(cfg)
+            trainer = build_trainer(cfg)
         except (RunDirError, CheckpointError) as e:  # the directory is held, bound to other settings, or damaged
             console.line(f"mhpo-vl train: {e}", error=True)
             return 2

@@ -1,0 +1,107 @@
+"""The trainer's forward passes over rollout rows: collate, log-probabilities of the distribution the sampler drew
+from, and the old-logprob phase of a step (old and reference logprobs, entropy, the sampler-vs-trainer check)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mhpo_vl.rollout_records import OldLogprobs, Rollouts
+from mhpo_vl.types import Completion, SequenceBatch
+
+
+class PolicyLogprobs:
+    """Rows of `Rollouts` -> SequenceBatch -> per-token logprobs, through the runtime (DeepSpeed's engine sees it)."""
+
+    def __init__(self, rt, tokenizer, *, chunk_size: int, temperature: float):
+        from mhpo_vl.model import vision_token_ids
+
+        self.rt = rt
+        self.pad_token_id = tokenizer.pad_token_id
+        self.chunk_size = chunk_size
+        self.temperature = temperature
+        self.banned_ids = vision_token_ids(tokenizer)
+
+    def batch(self, rollouts: Rollouts, rows: list[int]) -> SequenceBatch:
+        from mhpo_vl.collate import collate_sequences
+
+        batch = collate_sequences([rollouts.prompts[i] for i in rows],
+                                  [rollouts.completions[i].token_ids for i in rows], pad_token_id=self.pad_token_id)
+        return batch.to(self.rt.device)
+
+    def of(self, model, batch: SequenceBatch, *, with_entropy: bool = False):
+        """Logprobs of the distribution the sampler drew from: temperature applied and the vision tokens banned,
+        as vLLM's processed logprobs are, so on-policy ratios are 1 up to float error."""
+        from mhpo_vl.model import per_token_logprobs
+
+        return per_token_logprobs(model, batch, chunk_size=self.chunk_size, with_entropy=with_entropy,
+                                  temperature=self.temperature, suppressed_token_ids=self.banned_ids)
+
+    def forward(self, batch: SequenceBatch, *, with_entropy: bool = False):
+        return self.rt.forward(lambda m: self.of(m, batch, with_entropy=with_entropy))
+
+
+@torch.no_grad()
+def compute_old_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, *, micro_batch_size: int, ref_model: Any = None,
+                         use_sampler_logprobs: bool = False) -> OldLogprobs:
+    """Old logprobs are recomputed by the trainer (default): the same numerics as the update, so on the first
+    minibatch the ratio is exactly 1. With `use_sampler_logprobs` the sampler's values are used."""
+    model = scorer.rt.unwrapped()
+    was_training = model.training
+    model.eval()
+    try:
+        old, ref, entropy_mean = _trainer_logprobs(scorer, rollouts, micro_batch_size, ref_model)
+    finally:
+        model.train(was_training)
+    diff_mean, diff_max = sampler_logprob_gap(scorer.rt, rollouts.completions, old)
+    if use_sampler_logprobs:
+        old = sampler_logprobs(rollouts.completions)
+    return OldLogprobs(old, ref, entropy_mean, diff_mean, diff_max)
+
+
+def _trainer_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, micro_batch_size: int, ref_model: Any):
+    """([N] of [T_i] policy logprobs, the same of the reference model or None, mean entropy over all ranks)."""
+    n = len(rollouts)
+    old: list[torch.Tensor] = []
+    ref: list[torch.Tensor] = []
+    ent_sum = torch.zeros((), dtype=torch.float64, device=scorer.rt.device)
+    ent_count = torch.zeros((), dtype=torch.float64, device=scorer.rt.device)
+    for lo in range(0, n, micro_batch_size):
+        rows = list(range(lo, min(n, lo + micro_batch_size)))
+        batch = scorer.batch(rollouts, rows)
+        lp_NT, ent_NT = scorer.forward(batch, with_entropy=True)
+        mask = batch.response_mask_NT
+        ent_sum += (ent_NT * mask).sum().double()
+        ent_count += mask.sum().double()
+        ref_NT = scorer.of(ref_model, batch)[0] if ref_model is not None else None
+        for j, i in enumerate(rows):
+            t_i = len(rollouts.completions[i].token_ids)
+            old.append(lp_NT[j, :t_i].float().cpu())
+            if ref_NT is not None:
+                ref.append(ref_NT[j, :t_i].float().cpu())
+    ent_sum, ent_count = scorer.rt.all_reduce_sum([ent_sum.item(), ent_count.item()])  # over every rank's tokens
+    return old, (ref if ref_model is not None else None), ent_sum / max(ent_count, 1.0)
+
+
+def sampler_logprob_gap(rt, completions: list[Completion], trainer_logprobs: list[torch.Tensor]) -> tuple[float, float]:
+    """(mean, max) |sampler logprob - trainer logprob| over every sampled token, all ranks: the two compute the same
+    distribution from the same weights, so this is float error (~1e-6 in float32) unless the weight sync or the
+    numerics broke. NaN when the sampler reported no logprobs."""
+    total, count, largest = 0.0, 0, 0.0
+    for c, mine in zip(completions, trainer_logprobs):
+        if c.sampler_logprobs is None or not len(c.sampler_logprobs):
+            continue
+        diff = (torch.tensor(c.sampler_logprobs, dtype=torch.float32) - mine).abs()
+        total, count, largest = total + float(diff.sum()), count + diff.numel(), max(largest, float(diff.max()))
+    total, count = rt.all_reduce_sum([total, count])
+    largest = max(rt.all_gather_objects(largest))
+    return (total / count if count else float("nan")), (largest if count else float("nan"))
+
+
+def sampler_logprobs(completions: list[Completion]) -> list[torch.Tensor]:
+    old = []
+    for c in completions:
+        if c.sampler_logprobs is None:
+            raise RuntimeError("rollout.use_sampler_logprobs is set but the sampler returned no logprobs")
+        old.append(torch.tensor(c.sampler_logprobs, dtype=torch.float32))
+    return old

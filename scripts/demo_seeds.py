@@ -4,6 +4,7 @@
     .venv/bin/python scripts/demo_seeds.py --seeds 3 --threads 1 # one row, e.g. to check it on another machine
     .venv/bin/python scripts/demo_seeds.py --threads 2 --isa avx2 # the same seeds with AVX2 kernels (another CPU's float path)
     .venv/bin/python scripts/demo_seeds.py --report              # the table of every finished run under --out
+    .venv/bin/python scripts/demo_seeds.py --report --figure docs/images/demo_cpu_seeds.png  # and the README's figure
 
 A training result is a property, not a trajectory: float paths differ between CPUs and thread counts, so the demo's
 claim ("RL improves held-out accuracy and keeps it") is checked on every (seed, threads) run, each a separate
@@ -89,6 +90,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def figure(out: Path, rows: list[dict], path: Path) -> None:
+    """Held-out accuracy over RL steps, one line per distinct float path (1- and 2-thread runs that are identical
+    to the last digit are drawn once), coloured by seed, dashed for AVX2 kernels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = set()
+    for r in rows:
+        metrics = [json.loads(line) for line in (out / run_dir_name(r["seed"], r["threads"], r["isa"]) /
+                                                 "metrics.jsonl").read_text().splitlines() if line.strip()]
+        curve = [(m["step"], m["val/accuracy"]) for m in metrics if "val/accuracy" in m and not m.get("val/tag")]
+        if (r["isa"], tuple(curve)) in drawn:
+            continue
+        drawn.add((r["isa"], tuple(curve)))
+        ax.plot(*zip(*curve), color=f"C{r['seed'] - 1}", linestyle="--" if r["isa"] != "native" else "-",
+                marker="o", markersize=3, label=f"seed {r['seed']} {r['isa']}")
+    ax.set(xlabel="RL step", ylabel="held-out accuracy (Avg@4, 256 problems)", ylim=(0, 1),
+           title="CPU demo: RL from the warm-start (step 0), every seed and float path")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="1,2,3,4,5")
@@ -97,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="run nothing: the table of every finished run under --out")
     p.add_argument("--config", default="configs/demo_cpu.yaml")
     p.add_argument("--out", default="runs/demo_seeds")
+    p.add_argument("--figure", help="also draw held-out accuracy over RL steps of every run into this PNG")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = p.parse_args(argv)
     out = (REPO / args.out) if not Path(args.out).is_absolute() else Path(args.out)
@@ -116,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "table.md").write_text(text + "\n")
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     print(text)
+    if args.figure:
+        figure(out, rows, Path(args.figure))
     return 0 if all(ok) else 1
 
 

@@ -41,7 +41,9 @@ def wandb_history(run_file) -> list[dict[str, float]]:
 
 @pytest.fixture
 def wandb_offline(monkeypatch, tmp_path):
-    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": tmp_path / "wandb-config",
+    # WANDB_INIT_TIMEOUT: wandb starts a service process; on a loaded 2-core machine its default wait can run out.
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_INIT_TIMEOUT": "300",
+                       "WANDB_CONFIG_DIR": tmp_path / "wandb-config",
                        "WANDB_CACHE_DIR": tmp_path / "wandb-cache", "WANDB_DATA_DIR": tmp_path / "wandb-data"}.items():
         monkeypatch.setenv(key, str(value))
 

@@ -6,7 +6,7 @@ cut to 2 layers, in bfloat16, with the real tokenizer. One real Geometry3K image
 vLLM (CPU) samples a few tokens, the trainer computes logprobs, one MHPO update runs with the vision tower frozen,
 the LM weights are synced into the live engine, and vLLM's logprobs then follow the updated weights.
 
-Slow: about 5 minutes and 10 GB on 2 free cores (README, Benchmarks: "The real Qwen2.5-VL-3B widths on CPU").
+Slow: about 2-3 minutes and 14.5 GB peak on 2 free cores (README, Benchmarks: "The real Qwen2.5-VL-3B widths on CPU").
 """
 from __future__ import annotations
 

@@ -40,22 +40,20 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     from mhpo_vl.collate import PromptEncoder, collate_sequences
     from mhpo_vl.datasets import load_dataset
     from mhpo_vl.model import freeze_vision_tower, per_token_logprobs
     from mhpo_vl.prompts import get_template
     from mhpo_vl.qwen_shapes import EASYR1_MAX_PIXELS, EASYR1_MIN_PIXELS, build_qwen2_5_vl_3b_model
-    from mhpo_vl.tiny_model import QWEN_VL_CHAT_TEMPLATE
+    from mhpo_vl.tiny_model import vl_processor
 
     torch.set_num_threads(args.threads)
     results: dict = {}
     model, tokenizer = timed(results, "build", lambda: build_qwen2_5_vl_3b_model(args.layers, args.dtype))
     frozen = freeze_vision_tower(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
-                                    video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_VL_CHAT_TEMPLATE)
+    processor = vl_processor(tokenizer, min_pixels=EASYR1_MIN_PIXELS, max_pixels=EASYR1_MAX_PIXELS)
     sample = load_dataset("geometry3k", str(Path(args.fixtures) / "geometry3k" / "hf_format.jsonl"))[0]
     encoder = PromptEncoder(processor, get_template("reason_boxed"), max_prompt_length=4096,
                             min_pixels=EASYR1_MIN_PIXELS, max_pixels=EASYR1_MAX_PIXELS)

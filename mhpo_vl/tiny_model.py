@@ -271,17 +271,20 @@ def _seeded_init(model_cls, config, seed: int):
     return model.to(torch.float32).eval()
 
 
-def save_vl_processor(out_dir: Path, tokenizer, *, min_pixels: int, max_pixels: int) -> None:
-    """Write a Qwen2.5-VL processor (image/video processors with these pixel limits, the tokenizer, the chat
-    template) into ``out_dir``: vLLM and the trainer both read the limits from it."""
+def vl_processor(tokenizer, *, min_pixels: int, max_pixels: int):
+    """A Qwen2.5-VL processor: image/video processors with these pixel limits, the tokenizer, the chat template."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     pixel_kwargs = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=PATCH_SIZE,
                         temporal_patch_size=TEMPORAL_PATCH_SIZE, merge_size=MERGE_SIZE)
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixel_kwargs), tokenizer=tokenizer,
-                                    video_processor=Qwen2VLVideoProcessor(**pixel_kwargs),
-                                    chat_template=QWEN_VL_CHAT_TEMPLATE)
-    processor.save_pretrained(out_dir)
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixel_kwargs), tokenizer=tokenizer,
+                               video_processor=Qwen2VLVideoProcessor(**pixel_kwargs),
+                               chat_template=QWEN_VL_CHAT_TEMPLATE)
+
+
+def save_vl_processor(out_dir: Path, tokenizer, *, min_pixels: int, max_pixels: int) -> None:
+    """Write :func:`vl_processor` into ``out_dir``: vLLM and the trainer both read the pixel limits from it."""
+    vl_processor(tokenizer, min_pixels=min_pixels, max_pixels=max_pixels).save_pretrained(out_dir)
 
 
 def build_tiny_vl_model(out_dir: str | Path, seed: int = 0, **size_overrides: Any) -> Path:

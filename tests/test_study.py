@@ -55,7 +55,7 @@ def test_loss_variants_and_their_scales():
 def test_settings_and_per_run_configs(base_config, tmp_path):
     plan = make_plan(base_config, "mhpo,grpo_x0.25", "3,7", "demo,stress", tmp_path / "s", ["optim.max_grad_norm=2.0"])
     assert plan.settings == {"demo": [], "stress": ["trainer.ppo_epochs=4", "trainer.minibatch_size=2",
-                                                    "optim.lr=0.002", "trainer.total_steps=30"]}
+                                                    "optim.lr=0.002", "trainer.total_steps=5"]}
     runs = plan.runs()
     assert [r.name for r in runs] == ["demo/mhpo/seed3", "demo/mhpo/seed7", "demo/grpo_x0.25/seed3",
                                       "demo/grpo_x0.25/seed7", "stress/mhpo/seed3", "stress/mhpo/seed7",
@@ -64,7 +64,7 @@ def test_settings_and_per_run_configs(base_config, tmp_path):
     cfg = plan.run_config(runs[7])  # stress, grpo x 0.25, seed 7
     assert (cfg.algorithm.loss, cfg.algorithm.loss_params) == ("grpo", {"scale": 0.25})  # base's {c: 1.0} replaced
     assert (cfg.trainer.seed, cfg.data.seed, cfg.trainer.ppo_epochs, cfg.trainer.minibatch_size) == (7, 7, 4, 2)
-    assert (cfg.optim.lr, cfg.optim.max_grad_norm, cfg.trainer.total_steps) == (0.002, 2.0, 30)
+    assert (cfg.optim.lr, cfg.optim.max_grad_norm, cfg.trainer.total_steps) == (0.002, 2.0, 5)
     demo = plan.run_config(runs[0])
     assert (demo.algorithm.loss_params, demo.trainer.ppo_epochs, demo.trainer.total_steps, demo.optim.lr) == ({}, 1, 10, 1e-3)
     plan.save()

@@ -139,8 +139,12 @@ class TrainerConfig:
     rollout_batch_size: int = 512  # prompts per step (EasyR1)
     minibatch_size: int = 128  # prompts per optimiser step (EasyR1 global_batch_size)
     micro_batch_size: int = 4  # rows per forward/backward (EasyR1 micro_batch_size_per_device_for_update)
+    # A token budget instead (rows x (longest prompt + longest response) per micro-batch, rows sorted by length so
+    # little is padding); set, it replaces micro_batch_size for the update. null: fixed rows (verl: dynamic bsz)
+    max_tokens_per_micro_batch: int | None = None
     ppo_epochs: int = 1
     logprob_micro_batch_size: int = 16  # rows per no-grad forward (EasyR1 ..._for_experience)
+    logprob_max_tokens_per_micro_batch: int | None = None  # the same token budget for the old-logprob pass
     logprob_chunk_size: int = 1024  # tokens per lm_head chunk (memory-lean logprobs)
     val_every: int = 5
     val_before_train: bool = True
@@ -299,6 +303,8 @@ RANGES: list[tuple[str, Any, str]] = [
     ("trainer.micro_batch_size", _positive, "> 0"),
     ("trainer.ppo_epochs", _positive, ">= 1"),
     ("trainer.logprob_micro_batch_size", _positive, "> 0"),
+    ("trainer.max_tokens_per_micro_batch", _positive, "> 0 (or null: trainer.micro_batch_size rows)"),
+    ("trainer.logprob_max_tokens_per_micro_batch", _positive, "> 0 (or null: trainer.logprob_micro_batch_size rows)"),
     ("trainer.logprob_chunk_size", _positive, "> 0"),
     ("trainer.val_every", _non_negative, ">= 0 (0: no validation during training)"),
     ("trainer.save_every", _non_negative, ">= 0 (0: no checkpoints)"),

@@ -174,6 +174,14 @@ class Runtime:
             return flag
         return self.all_reduce_sum([0.0 if flag else 1.0])[0] == 0.0
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest of every rank's ``value`` (e.g. micro-batch counts, which must agree)."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
     def all_gather_objects(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
             return [obj]

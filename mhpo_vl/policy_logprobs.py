@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from mhpo_vl.micro_batches import PaddingCount, plan_micro_batches
 from mhpo_vl.rollout_records import OldLogprobs, Rollouts
 from mhpo_vl.types import Completion, SequenceBatch
 
@@ -42,32 +43,39 @@ class PolicyLogprobs:
 
 
 @torch.no_grad()
-def compute_old_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, *, micro_batch_size: int, ref_model: Any = None,
+def compute_old_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, *, micro_batch_size: int,
+                         max_tokens: int | None = None, ref_model: Any = None,
                          use_sampler_logprobs: bool = False) -> OldLogprobs:
     """Old logprobs are recomputed by the trainer (default): the same numerics as the update, so on the first
-    minibatch the ratio is exactly 1. With `use_sampler_logprobs` the sampler's values are used."""
+    minibatch the ratio is exactly 1. With `use_sampler_logprobs` the sampler's values are used. Micro-batches:
+    ``micro_batch_size`` rows each, or a token budget (``max_tokens``, mhpo_vl.micro_batches)."""
     model = scorer.rt.unwrapped()
     was_training = model.training
     model.eval()
     try:
-        old, ref, entropy_mean = _trainer_logprobs(scorer, rollouts, micro_batch_size, ref_model)
+        groups = plan_micro_batches(range(len(rollouts)), rollouts.row_sizes(), rows_per_micro=micro_batch_size,
+                                    max_tokens=max_tokens, agree_count=scorer.rt.max_over_ranks)
+        old, ref, entropy_mean, padding = _trainer_logprobs(scorer, rollouts, groups, ref_model)
     finally:
         model.train(was_training)
     diff_mean, diff_max = sampler_logprob_gap(scorer.rt, rollouts.completions, old)
     if use_sampler_logprobs:
         old = sampler_logprobs(rollouts.completions)
-    return OldLogprobs(old, ref, entropy_mean, diff_mean, diff_max)
+    return OldLogprobs(old, ref, entropy_mean, diff_mean, diff_max, padding)
 
 
-def _trainer_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, micro_batch_size: int, ref_model: Any):
-    """([N] of [T_i] policy logprobs, the same of the reference model or None, mean entropy over all ranks)."""
+def _trainer_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, groups: list[list[int]], ref_model: Any):
+    """([N] of [T_i] policy logprobs in row order, the same of the reference model or None, mean entropy over all
+    ranks, this pass's padding fraction)."""
     n = len(rollouts)
-    old: list[torch.Tensor] = []
-    ref: list[torch.Tensor] = []
+    old: list[torch.Tensor | None] = [None] * n
+    ref: list[torch.Tensor | None] = [None] * n
+    sizes = rollouts.row_sizes()
+    padding = PaddingCount()
     ent_sum = torch.zeros((), dtype=torch.float64, device=scorer.rt.device)
     ent_count = torch.zeros((), dtype=torch.float64, device=scorer.rt.device)
-    for lo in range(0, n, micro_batch_size):
-        rows = list(range(lo, min(n, lo + micro_batch_size)))
+    for rows in groups:
+        padding.add(sizes, rows)
         batch = scorer.batch(rollouts, rows)
         lp_NT, ent_NT = scorer.forward(batch, with_entropy=True)
         mask = batch.response_mask_NT
@@ -75,12 +83,12 @@ def _trainer_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, micro_batch_si
         ent_count += mask.sum().double()
         ref_NT = scorer.of(ref_model, batch)[0] if ref_model is not None else None
         for j, i in enumerate(rows):
-            t_i = len(rollouts.completions[i].token_ids)
-            old.append(lp_NT[j, :t_i].float().cpu())
+            t_i = sizes[i].response
+            old[i] = lp_NT[j, :t_i].float().cpu()
             if ref_NT is not None:
-                ref.append(ref_NT[j, :t_i].float().cpu())
+                ref[i] = ref_NT[j, :t_i].float().cpu()
     ent_sum, ent_count = scorer.rt.all_reduce_sum([ent_sum.item(), ent_count.item()])  # over every rank's tokens
-    return old, (ref if ref_model is not None else None), ent_sum / max(ent_count, 1.0)
+    return old, (ref if ref_model is not None else None), ent_sum / max(ent_count, 1.0), padding.fraction
 
 
 def sampler_logprob_gap(rt, completions: list[Completion], trainer_logprobs: list[torch.Tensor]) -> tuple[float, float]:

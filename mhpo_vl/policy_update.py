@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mhpo_vl.micro_batches import PaddingCount, plan_micro_batches
 from mhpo_vl.lr_schedule import lr_at, total_updates, updates_per_step
 from mhpo_vl.policy_logprobs import PolicyLogprobs
 from mhpo_vl.rollout_records import OldLogprobs, ScoredRollouts, UpdateStats
@@ -76,6 +77,7 @@ class PolicyUpdate:
     def __init__(self, cfg, rt, scorer: PolicyLogprobs, loss_fn, local_minibatch_rows: int):
         self.cfg, self.rt, self.scorer, self.loss_fn = cfg, rt, scorer, loss_fn
         self.local_minibatch_rows = local_minibatch_rows
+        self.padding = PaddingCount()  # of the current update's micro-batches
 
     def __call__(self, batch: ScoredRollouts, old: OldLogprobs, *, step: int, nonfinite: NonfiniteUpdates,
                  latest_checkpoint: Callable[[], Any] = lambda: None) -> UpdateStats:
@@ -87,6 +89,7 @@ class PolicyUpdate:
         losses: list[torch.Tensor] = []  # this rank's share of each minibatch's loss; summed over ranks below
         skipped = 0
         lr = float("nan")
+        self.padding = PaddingCount()
         self.rt.model.train()
         for _epoch in range(t.ppo_epochs):
             perm = torch.randperm(n, generator=gen).tolist()
@@ -107,14 +110,17 @@ class PolicyUpdate:
         """Forward and backward every micro-batch of one minibatch; (its loss tensor, whether every rank's loss was
         finite)."""
         t = self.cfg.trainer
-        micro = [rows[i : i + t.micro_batch_size] for i in range(0, len(rows), t.micro_batch_size)]
-        lengths = [len(batch.rollouts.completions[i].token_ids) for i in rows]
+        sizes = batch.rollouts.row_sizes()
+        micro = plan_micro_batches(rows, sizes, rows_per_micro=t.micro_batch_size,
+                                   max_tokens=t.max_tokens_per_micro_batch, agree_count=self.rt.max_over_ranks)
+        lengths = [sizes[i].response for i in rows]
         # The loss module's global normalisers: valid tokens and NON-EMPTY rows of the whole minibatch.
         g_tokens, g_seqs = (max(1.0, g) for g in self.rt.all_reduce_sum([sum(lengths), sum(n > 0 for n in lengths)]))
         check_each = self.rt.uses_deepspeed
         finite = True
         total = torch.zeros((), dtype=torch.float64, device=self.rt.device)
         for k, mrows in enumerate(micro):
+            self.padding.add(sizes, mrows)
             out = self.micro_loss(batch, old, mrows, g_tokens, g_seqs)
             total = total + out.loss.detach().double()
             # Every rank must take the same path: a DeepSpeed backward (which reduces gradients) or an optimiser
@@ -155,6 +161,7 @@ class PolicyUpdate:
         out["updates/skipped_nonfinite"] = float(skipped)
         out["updates/applied"] = float(len(grad_norms) - skipped)
         out["optim/lr"] = lr  # the learning rate of the step's last update
+        out["throughput/padding_fraction_update"] = self.padding.fraction  # this rank's update passes
         return UpdateStats(out, totals, len(grad_norms) - skipped, skipped)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from mhpo_vl.micro_batches import RowSize
 from mhpo_vl.types import Completion, EncodedPrompt, Sample
 
 
@@ -28,6 +29,10 @@ class Rollouts:
     @property
     def samples(self) -> list[Sample]:
         return [p.sample for p in self.prompts]
+
+    def row_sizes(self) -> list[RowSize]:
+        """Each row's prompt tokens (image placeholders expanded) and response tokens, for micro-batch planning."""
+        return [RowSize(len(p.prompt_token_ids), len(c.token_ids)) for p, c in zip(self.prompts, self.completions)]
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class OldLogprobs:
     entropy_mean: float = float("nan")  # over every rank's response tokens
     sampler_diff_mean: float = float("nan")  # |sampler - trainer| logprob per token, all ranks (NaN: no sampler
     sampler_diff_max: float = float("nan")   # logprobs to compare)
+    padding_fraction: float = float("nan")  # of the collated token slots of this rank's old-logprob pass
 
 
 @dataclass

@@ -206,8 +206,9 @@ class Trainer:
         return ScoredRollouts.from_groups(result.groups, batch.group_size), result.metrics()
 
     def compute_old_logprobs(self, rollouts: Rollouts) -> OldLogprobs:
-        return compute_old_logprobs(self.scorer, rollouts, micro_batch_size=self.cfg.trainer.logprob_micro_batch_size,
-                                    ref_model=self.ref_model, use_sampler_logprobs=self.cfg.rollout.use_sampler_logprobs)
+        t = self.cfg.trainer
+        return compute_old_logprobs(self.scorer, rollouts, micro_batch_size=t.logprob_micro_batch_size,
+                                    max_tokens=t.logprob_max_tokens_per_micro_batch, ref_model=self.ref_model, use_sampler_logprobs=self.cfg.rollout.use_sampler_logprobs)
 
     def update(self, batch: ScoredRollouts, old: OldLogprobs) -> UpdateStats:
         return self.policy_update(batch, old, step=self.step_idx, nonfinite=self.nonfinite,
@@ -259,6 +260,7 @@ class Trainer:
             **{f"timing/{k}_s": v for k, v in timer.seconds.items()}, "timing/step_s": seconds,
             "throughput/tokens_per_s": (len_sum + p_tok) / seconds,
             "throughput/generated_tokens_per_s": len_sum / max(timer.seconds.get("rollout", seconds), 1e-9),
+            "throughput/padding_fraction_logprob": old.padding_fraction,
             "updates/nonfinite_total": float(self.nonfinite.total),
         }
 

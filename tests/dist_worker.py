@@ -3,7 +3,8 @@
 Each rank takes its share of the same 4 prompts x 2 responses; rewards, advantages, old logprobs and the update
 run through the real Trainer (HF sampler so no vLLM engine is needed). Writes <out>/rank<r>.pt with the trainable
 weights after the updates, the minibatch losses (summed over ranks) and the count of skipped updates. With a 4th
-argument "nan", rank 0's first micro-batch loss is made NaN (by the loss part build_trainer is given).
+argument "nan", rank 0's first micro-batch loss is made NaN (by the loss part build_trainer is given). With a 5th
+argument "tokens", both passes cut micro-batches by a token budget instead of 2 rows each (mhpo_vl.micro_batches).
 """
 import dataclasses
 import os
@@ -12,7 +13,12 @@ import sys
 import torch
 
 
-def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "finite") -> None:
+# A budget of about one row (prompts ~100-130 tokens with their image, answers 5-8): micro-batches of 1-2 rows,
+# so the grouping differs from the fixed 2 rows and the ranks may need different counts (they must agree).
+TOKEN_BUDGET = 200
+
+
+def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "finite", micro: str = "rows") -> None:
     from mhpo_vl.config import load_config
     from mhpo_vl.trainer import build_trainer
     from mhpo_vl.trainer_parts import make_loss, make_runtime
@@ -31,6 +37,9 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
         # Two passes over the batch: the second is off-policy, so its loss is not 0.
         "trainer.ppo_epochs=2", "reward.num_workers=1", "algorithm.loss=mhpo",
     ]
+    if micro == "tokens":
+        overrides += [f"trainer.max_tokens_per_micro_batch={TOKEN_BUDGET}",
+                      f"trainer.logprob_max_tokens_per_micro_batch={TOKEN_BUDGET}"]
     if deepspeed != "none":
         overrides.append(f"trainer.deepspeed={deepspeed}")
     cfg = load_config(None, overrides)
@@ -43,13 +52,15 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
     rank, world = trainer.rt.rank, trainer.rt.world_size
     skipped = 0
     samples = trainer.train_samples[:4]
-    losses = []
+    losses, padding = [], []
     for update in range(2):
         # one right and one wrong answer per prompt, so advantages are +-1
         scored = _scored_rollouts(trainer, samples[rank::world],
                                   lambda s, k: s.answer if k == 0 else str(int(s.answer) + 1 + update))
         batch = trainer.compute_advantages(scored)
-        stats = trainer.update(batch, trainer.compute_old_logprobs(batch.rollouts))
+        old = trainer.compute_old_logprobs(batch.rollouts)
+        stats = trainer.update(batch, old)
+        padding.append((old.padding_fraction, stats.metrics["throughput/padding_fraction_update"]))
         skipped += stats.skipped
         losses.extend(stats.minibatch_losses)
     refill = None
@@ -59,7 +70,8 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {n: t.float().cpu() for n, t in trainer.rt.iter_full_weights(only=trainable)}
     torch.save({"weights": weights, "losses": losses, "world": world, "skipped": skipped, "refill": refill,
-                "order": trainer.order.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
+                "order": trainer.order.state_dict(), "padding": padding,
+                "old_logprobs": [t.clone() for t in old.old]}, os.path.join(out_dir, f"rank{rank}.pt"))
     trainer.close()
 
 
@@ -103,4 +115,4 @@ def _scored_rollouts(trainer, mine, answer_of):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

@@ -14,14 +14,14 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "dist_worker.py"
 
 
-def _run(out: Path, model_dir: Path, deepspeed: str, nproc: int, losses: str) -> None:
+def _run(out: Path, model_dir: Path, deepspeed: str, nproc: int, losses: str, micro: str = "rows") -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if nproc == 1:
-        cmd = [sys.executable, str(WORKER), str(out), str(model_dir), deepspeed, losses]
+        cmd = [sys.executable, str(WORKER), str(out), str(model_dir), deepspeed, losses, micro]
         env.pop("WORLD_SIZE", None)
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(29500 + os.getpid() % 1000), str(WORKER), str(out), str(model_dir), deepspeed, losses]
+               str(29500 + os.getpid() % 1000), str(WORKER), str(out), str(model_dir), deepspeed, losses, micro]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
@@ -61,6 +61,46 @@ def test_two_ranks_match_each_other_and_the_single_process(tmp_path, tiny_vl_mod
         assert one["refill"]["dynamic_sampling/refill_rounds"] == 0
         assert r0["refill"]["dynamic_sampling/refill_rounds"] == r1["refill"]["dynamic_sampling/refill_rounds"] == 2
         assert r0["order"] == r1["order"]  # the shared prompt order stayed in step
+
+
+def _assert_same_update(a: dict, b: dict) -> None:
+    """Same weights after the two updates and the same minibatch losses, to float error."""
+    assert a["weights"].keys() == b["weights"].keys()
+    for name, w in a["weights"].items():
+        torch.testing.assert_close(w, b["weights"][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(torch.tensor(a["losses"]), torch.tensor(b["losses"]), rtol=1e-4, atol=1e-6)
+
+
+def test_token_budget_micro_batches_equal_fixed_rows_in_one_process(tmp_path, tiny_vl_model_dir):
+    """The same two updates with micro-batches of 2 rows and by a ~1-row token budget: the loss modules are
+    normalised by the whole minibatch's counts, so the grouping must not change the losses, the weights or the
+    old logprobs (returned in row order); the budget leaves less padding."""
+    rows, tokens = tmp_path / "rows", tmp_path / "tokens"
+    rows.mkdir(), tokens.mkdir()
+    _run(rows, tiny_vl_model_dir, "none", 1, "finite", "rows")
+    _run(tokens, tiny_vl_model_dir, "none", 1, "finite", "tokens")
+    a, b = torch.load(rows / "rank0.pt"), torch.load(tokens / "rank0.pt")
+    _assert_same_update(a, b)
+    assert abs(a["losses"][3]) > 1e-6  # an off-policy minibatch with a real loss is among those compared
+    for x, y in zip(a["old_logprobs"], b["old_logprobs"]):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+    for (old_rows, upd_rows), (old_tok, upd_tok) in zip(a["padding"], b["padding"]):
+        assert 0 <= old_tok < old_rows and 0 <= upd_tok < upd_rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deepspeed", ["none", "configs/deepspeed/zero3.json"])
+def test_two_ranks_with_token_budget_match_one_process_with_fixed_rows(tmp_path, tiny_vl_model_dir, deepspeed):
+    """2 ranks cutting their rows by a token budget (so their micro-batch counts may differ until they agree on the
+    largest: ZeRO-3 gathers parameters in every forward) vs 1 process with fixed 2-row micro-batches."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir(), double.mkdir()
+    _run(single, tiny_vl_model_dir, "none", 1, "finite", "rows")
+    _run(double, tiny_vl_model_dir, deepspeed, 2, "finite", "tokens")
+    one, r0, r1 = (torch.load(p) for p in (single / "rank0.pt", double / "rank0.pt", double / "rank1.pt"))
+    for name, w in r0["weights"].items():
+        assert torch.equal(w, r1["weights"][name]), f"ranks disagree on {name}"
+    _assert_same_update(one, r0)
 
 
 @pytest.mark.slow

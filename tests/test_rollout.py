@@ -68,7 +68,12 @@ def test_hf_sampler_logprobs_equal_trainer_logprobs(vl_policy):
     trainer_NT, sampler_NT, mask_NT = _trainer_logprobs(vl_policy, prompts, results, temperature=0.7)
     torch.testing.assert_close(sampler_NT * mask_NT, trainer_NT, rtol=0, atol=1e-4)
     # seeded: the same call again gives the same completions
-    assert [c.token_ids for c in sampler.generate(prompts[:1], config)[0]] == [c.token_ids for c in results[0]]
+    assert [[c.token_ids for c in r] for r in sampler.generate(prompts, config)] == \
+        [[c.token_ids for c in r] for r in results]
+    # one generate() per prompt (batches of n rows): the same distribution, so the logprobs agree as well
+    one_by_one = HFSampler(vl_policy.model, vl_policy.processor, max_rows_per_call=3).generate(prompts, config)
+    trainer_single_NT, single_NT, single_mask_NT = _trainer_logprobs(vl_policy, prompts, one_by_one, temperature=0.7)
+    torch.testing.assert_close(single_NT * single_mask_NT, trainer_single_NT, rtol=0, atol=1e-4)
     assert sampler.load_weights(vl_policy.model.named_parameters()) == 0
 
 

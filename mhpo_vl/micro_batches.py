@@ -2,8 +2,9 @@
 
 A micro-batch is collated to ``rows x (longest prompt + longest response)`` tokens (prompts left-padded, responses
 right-padded: mhpo_vl.collate), so its padded size, not its row count, sets the compute and the activation memory.
-With a token budget the rows are sorted by length (longest first) and packed greedily while the padded size stays
-within the budget: rows of similar length share a micro-batch and little of it is padding. A row longer than the
+With a token budget the rows are sorted by length (longest first) and cut into consecutive micro-batches whose
+padded size stays within the budget (the fewest such micro-batches, then the least padding): rows of similar
+length share a micro-batch and little of it is padding. A row longer than the
 budget on its own gets a micro-batch of its own.
 
 The grouping never changes the loss: the loss modules are normalised by the whole minibatch's token and sequence
@@ -46,20 +47,32 @@ def fixed_rows(rows: Sequence[int], rows_per_micro: int) -> list[list[int]]:
 
 
 def token_budget(rows: Sequence[int], sizes: Sequence[RowSize], max_tokens: int) -> list[list[int]]:
-    """``rows`` packed longest-first into micro-batches of at most ``max_tokens`` padded tokens (a longer row alone)."""
+    """``rows`` sorted longest-first and cut into consecutive micro-batches of at most ``max_tokens`` padded tokens
+    (a longer row alone): the fewest micro-batches such a cut allows, and among those the least padding (a dynamic
+    programme over the cut points; packing each micro-batch full instead leaves the short rows' micro-batches
+    spanning wide length ranges)."""
     if max_tokens < 1:
         raise ValueError(f"the token budget per micro-batch must be >= 1, got {max_tokens}")
     order = sorted(rows, key=lambda i: (-sizes[i].total, -sizes[i].response, i))
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current and padded_tokens(sizes, [*current, i]) > max_tokens:
-            groups.append(current)
-            current = []
-        current.append(i)
-    if current:
-        groups.append(current)
-    return groups
+    n = len(order)
+    # best[j] = (micro-batches, padded tokens) of the best cut of order[:j]; start[j] = where its last one starts
+    best: list[tuple[float, float]] = [(0, 0)] + [(float("inf"), float("inf"))] * n
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        max_p = max_t = 0
+        for i in range(j - 1, -1, -1):  # the last micro-batch is order[i:j]
+            max_p, max_t = max(max_p, sizes[order[i]].prompt), max(max_t, sizes[order[i]].response)
+            cost = (j - i) * (max_p + max(1, max_t))
+            if cost > max_tokens and j - i > 1:
+                break  # adding longer rows only grows it
+            candidate = (best[i][0] + 1, best[i][1] + cost)
+            if candidate < best[j]:
+                best[j], start[j] = candidate, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[start[j] : j])
+        j = start[j]
+    return groups[::-1]
 
 
 def split_to_count(groups: list[list[int]], sizes: Sequence[RowSize], count: int) -> list[list[int]]:

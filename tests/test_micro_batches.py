@@ -62,3 +62,11 @@ def test_ranks_agree_on_the_largest_count_by_splitting_the_largest_micro_batches
 
 def test_without_a_budget_the_plan_is_fixed_rows():
     assert plan_micro_batches([3, 1, 0], SIZES, rows_per_micro=2, max_tokens=None) == [[3, 1], [0]]
+
+
+def test_token_budget_takes_the_fewest_micro_batches_then_the_least_padding():
+    sizes = [RowSize(0, 40), RowSize(0, 30), RowSize(0, 30), RowSize(0, 30)]
+    # packing full: [40, 30] (80 slots, 10 padding) + [30, 30] (60); the same count with no padding:
+    assert token_budget(range(4), sizes, 100) == [[0], [1, 2, 3]]
+    # never more micro-batches than packing each one full
+    assert len(token_budget(range(5), SIZES, 120)) == 2

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from mhpo_vl import console
 from mhpo_vl.atomic_io import write_durably
 from mhpo_vl.checkpoint import CheckpointManager, rng_state, set_rng_state
+from mhpo_vl.machine import machine_info
 from mhpo_vl.run_dir import apply_optimizer_settings
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def summary(trainer: Trainer, seconds: float) -> dict[str, Any]:
         "val_accuracy_best": max(accs) if accs else None,
         "steps": trainer.step_idx, "wall_seconds": seconds, "loss": trainer.cfg.algorithm.loss,
         "nonfinite_updates": trainer.nonfinite.total, "resumed_from": trainer.resumed_from,
-        "val_history": trainer.val_history, **trainer.summary_extra,
+        "val_history": trainer.val_history, "machine": machine_info(), **trainer.summary_extra,
     }
 
 

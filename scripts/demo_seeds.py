@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
+
+from mhpo_vl.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_GAIN, MAX_DROP = 0.10, 0.05
@@ -63,16 +64,6 @@ def read_run(run_dir: Path) -> dict:
     return {**meta, "seconds": meta["command_seconds"], "start": summary["val_accuracy_initial"],
             "final": summary["val_accuracy_final"], "best": summary["val_accuracy_best"],
             "before_warmstart": summary.get("val_accuracy_before_warmstart")}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def table(rows: list[dict]) -> str:

@@ -227,7 +227,7 @@ def test_spike_rule():
     assert spike_steps(list(range(1, 22)), jump + [3.5], floor=0.3) == [11, 12, 13, 14, 15, 21]
 
 
-def write_run(run_dir: Path, plan: Plan, run, norms, rewards, entropy, accuracies=None, diverged=False):
+def write_run(run_dir: Path, plan: Plan, run, norms, rewards, entropy, accuracies=None, diverged=False, cpu=None):
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(plan.run_config(run), run_dir / "config.yaml")
     rows = [{"step": 0, "val/accuracy": 0.0, "val/tag": "before_warmstart"},
@@ -242,8 +242,9 @@ def write_run(run_dir: Path, plan: Plan, run, norms, rewards, entropy, accuracie
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if accuracies:
         start, final, best = accuracies
-        (run_dir / "summary.json").write_text(json.dumps({"val_accuracy_initial": start, "val_accuracy_final": final,
-                                                          "val_accuracy_best": best, "wall_seconds": 12.0}))
+        summary = {"val_accuracy_initial": start, "val_accuracy_final": final, "val_accuracy_best": best,
+                   "wall_seconds": 12.0, **({"machine": {"cpu": cpu}} if cpu else {})}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
     if diverged:
         (run_dir / "diverged.json").write_text("{}")
 
@@ -257,7 +258,7 @@ def test_summary_of_hand_made_runs(base_config, tmp_path):
     def put(name, norms, rewards, entropy, **kw):
         write_run(runs[name].dir, plan, runs[name], norms, rewards, entropy, **kw)
 
-    put("demo/mhpo/seed1", [0.5] * 8, step, 1.0, accuracies=(0.30, 0.50, 0.60))
+    put("demo/mhpo/seed1", [0.5] * 8, step, 1.0, accuracies=(0.30, 0.50, 0.60), cpu="AMD EPYC")
     put("demo/mhpo/seed2", [0.5] * 7 + [0.9], [r + 0.1 for r in step], 0.8, accuracies=(0.40, 0.70, 0.70))
     put("demo/mhpo/seed3", [100.0] * 8, step, 9.0)  # partial (a checkpoint, no summary): left out of every number
     (runs["demo/mhpo/seed3"].dir / "checkpoints").mkdir()
@@ -295,6 +296,9 @@ def test_summary_of_hand_made_runs(base_config, tmp_path):
     assert "| grpo | 1 (1) / 3 | 0.200 | 0.100 |" in md
     assert "above 3 x the median `grad_norm_max` of the run's previous 10 steps" in md
     assert "![demo](figures/demo.png)" in md
+    # every run names its CPU (from summary.json's machine entry; "-" where an older summary lacks it)
+    assert "| demo | mhpo | 1 | done | 8 | 0.300 | 0.500 | 0.600 | 0.100 | 0.500 | - | 12 | AMD EPYC |" in md
+    assert "| demo | mhpo | 2 | done | 8 | 0.400 | 0.700 | 0.700 | 0.000 | 0.900 | - | 12 | - |" in md
     assert (tmp_path / "s" / "figures" / "demo.png").stat().st_size > 10_000
 
 
@@ -361,6 +365,10 @@ def test_a_tiny_study_end_to_end_then_a_rerun_skips_it(tmp_path, warm_tiny_vl_mo
         assert group["stats"]["val_accuracy_final"]["mean"] == s["val_accuracy_final"]
         assert group["stats"]["drop"]["mean"] == pytest.approx(s["val_accuracy_best"] - s["val_accuracy_final"])
     assert "| grpo_xmhpo | 1 (0) / 1 |" in (out / "summary.md").read_text()
+    from mhpo_vl.machine import cpu_model  # each run's summary names the machine it ran on, and the run table shows it
+
+    assert summaries["mhpo"]["machine"]["cpu"] == cpu_model() and summaries["mhpo"]["machine"]["logical_cpus"] >= 1
+    assert f"| {cpu_model()} |" in (out / "summary.md").read_text()
     assert (out / "figures" / "demo.png").stat().st_size > 10_000
 
     stamps = {loss: (d / "summary.json").stat().st_mtime_ns for loss, d in runs.items()}

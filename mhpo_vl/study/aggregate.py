@@ -115,6 +115,7 @@ def _accuracies(path: Path) -> dict[str, Any]:
     out = {k: float(summary[k]) for k in keys}
     out["drop"] = out["val_accuracy_best"] - out["val_accuracy_final"]
     out["wall_seconds"] = summary.get("wall_seconds")
+    out["cpu"] = (summary.get("machine") or {}).get("cpu")  # summaries before 2 Dec 2026 do not name it
     return out
 
 

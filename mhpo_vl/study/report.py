@@ -74,11 +74,11 @@ def _cell(key: str, s: dict[str, Any]) -> str:
 def _run_table(records: list[dict[str, Any]]) -> str:
     keys = ["val_accuracy_initial", "val_accuracy_final", "val_accuracy_best", "drop", "max_grad_norm"]
     rows = ["| setting | loss | seed | status | steps | start | final | best | drop | max grad norm | spike steps | "
-            "seconds |", "|" + "---|" * 12]
+            "seconds | CPU |", "|" + "---|" * 13]
     for r in records:
         nums = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in keys]
         spikes = ", ".join(map(str, r.get("spike_steps", []))) or "-"
         seconds = f"{r['wall_seconds']:.0f}" if r.get("wall_seconds") is not None else "-"
         rows.append(f"| {r['setting']} | {r['loss']} | {r['seed']} | {r['status']} | {r.get('steps', '-')} | "
-                    + " | ".join(nums) + f" | {spikes} | {seconds} |")
+                    + " | ".join(nums) + f" | {spikes} | {seconds} | {r.get('cpu') or '-'} |")
     return "\n".join(rows)

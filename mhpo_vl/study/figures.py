@@ -1,5 +1,8 @@
-"""One figure per setting: held-out accuracy and gradient norm per loss (mean over seeds, min-max band), and MHPO's
-survival weight and gradient multiplier over training (the quantities that separate it from a rescaled GRPO)."""
+"""One figure per setting: held-out accuracy, gradient norm, training reward and the fraction of answers cut at
+max_tokens per loss (mean over seeds, min-max band), and MHPO's survival weight and gradient multiplier over training
+(the quantities that separate it from a rescaled GRPO). The truncated fraction shows the collapse seen in the
+stress setting: a policy that stops ending its answers earns `reward.truncated_reward` (0 in the demo) on every
+rollout, and groups of equal rewards give no gradient to leave that state."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,13 +47,15 @@ def plot_setting(plan: Plan, setting: str, out_path: Path) -> Path | None:
     if not curves:
         return None
     colors = {v.label: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(plan.variants)}
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    acc, grad, survival, multiplier = axes.flat
+    fig, axes = plt.subplots(3, 2, figsize=(12, 12))
+    acc, grad, reward, truncated, survival, multiplier = axes.flat
     for label, rows in curves.items():
         n = f"{label} ({len(rows)} seed{'s' if len(rows) > 1 else ''})"
         # val/accuracy sits on RL-step rows and on the step-0 row before RL: every untagged row, not only RL steps.
         _band(acc, rows, "val/accuracy", n, colors[label], rl_steps_only=False)
         _band(grad, rows, "grad_norm_max", n, colors[label], rl_steps_only=True)
+        _band(reward, rows, "reward/mean", n, colors[label], rl_steps_only=True)
+        _band(truncated, rows, "response/truncated_fraction", n, colors[label], rl_steps_only=True)
         _band(survival, rows, "loss/survival_weight_mean", n, colors[label], rl_steps_only=True)
         if _band(multiplier, rows, "loss/grad_multiplier_mean", f"{n} mean", colors[label], rl_steps_only=True):
             _band(multiplier, rows, "loss/grad_multiplier_max", f"{n} max", colors[label], rl_steps_only=True, style="--")
@@ -58,6 +63,8 @@ def plot_setting(plan: Plan, setting: str, out_path: Path) -> Path | None:
     grad.set_yscale("log")
     titles = [(acc, "held-out accuracy (Avg@k); band: min-max over seeds"),
               (grad, "largest grad norm of the step (before clipping)"),
+              (reward, "training reward (mean over the step's rollouts)"),
+              (truncated, "fraction of rollouts cut at max_tokens"),
               (survival, "MHPO survival weight exp(-zeta), token mean"),
               (multiplier, "MHPO gradient multiplier M(r): mean (solid), max (dashed)")]
     for ax, title in titles:

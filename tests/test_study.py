@@ -52,7 +52,6 @@ def test_loss_variants_and_their_scales():
             parse_losses(bad)
 
 
-
 def test_under_adamw_a_scaled_loss_is_the_unscaled_loss_with_a_looser_clip():
     """What the grpo_xmhpo control controls for (docs/study.md, "The control"): with the trainer's optimiser (AdamW)
     and clipping (Runtime.step), s x L clipped at g takes the same updates as L clipped at g / s, and not those of
@@ -67,11 +66,11 @@ def test_under_adamw_a_scaled_loss_is_the_unscaled_loss_with_a_looser_clip():
         torch.manual_seed(0)
         model = torch.nn.Linear(8, 4)
         runtime = Runtime(device="cpu", max_grad_norm=max_grad_norm)
-        model, optimizer = runtime.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2))
+        model, _ = runtime.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2))
         data = torch.Generator().manual_seed(1)
         norms = []
         for step in range(12):
-            x = torch.randn(16, 8, generator=data) * (1 + 2 * (step % 3))  # norms of roughly 0.5 to 10
+            x = torch.randn(16, 8, generator=data) * (1 + 2 * (step % 3))  # gradient norms from 0.4 to 19
             runtime.backward(loss_scale * model(x).square().mean(), last_micro=True)
             norms.append(runtime.step()[0] / loss_scale)
         return torch.cat([p.detach().flatten() for p in model.parameters()]), norms
@@ -82,6 +81,8 @@ def test_under_adamw_a_scaled_loss_is_the_unscaled_loss_with_a_looser_clip():
     assert min(norms) < g / s < max(norms)  # the clip at g / s acts on some steps, not all
     assert torch.allclose(scaled, looser_clip, atol=1e-6, rtol=0)
     assert (scaled - same_clip).abs().max() > 1e-3
+
+
 def test_settings_and_per_run_configs(base_config, tmp_path):
     plan = make_plan(base_config, "mhpo,grpo_x0.25", "3,7", "demo,stress", tmp_path / "s", ["optim.max_grad_norm=2.0"])
     assert plan.settings == {"demo": [], "stress": ["trainer.ppo_epochs=4", "trainer.minibatch_size=2",

@@ -4,7 +4,7 @@
     python benchmarks/logprob_memory.py --tokens 2048 --device cuda --dtype bfloat16
 
 Both modes run forward + backward of sum(g * logprob) w.r.t. hidden states AND lm_head weight (the trainer's
-case). Naive = logits = h @ W.T -> log_softmax -> gather. Chunked = mhpo_vl.model.chunked_lm_head_logprobs.
+case). Naive = logits = h @ W.T -> log_softmax -> gather. Chunked = mhpo_vl.models.policy.chunked_lm_head_logprobs.
 Each mode runs in its own subprocess. Peak memory is measured above the baseline of the inputs (hidden, weight,
 targets): on CPU by sampling the process RSS every millisecond in a thread (tracemalloc does not see torch's
 allocations), on CUDA with torch.cuda.max_memory_allocated. The weight gradient (V x H) counts in both modes.
@@ -35,7 +35,7 @@ def _worker(args: argparse.Namespace) -> dict:
             logits = (hidden @ head.weight.T).float()
             logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
         else:
-            from mhpo_vl.model import chunked_lm_head_logprobs
+            from mhpo_vl.models.policy import chunked_lm_head_logprobs
 
             logprobs, _ = chunked_lm_head_logprobs(hidden, head, targets, chunk_size=args.chunk_size)
         (logprobs * upstream).sum().backward()

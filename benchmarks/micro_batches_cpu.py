@@ -43,7 +43,7 @@ SETTINGS = {
 
 def make_trainer(out_dir: Path, threads: int, max_len: int):
     from mhpo_vl.config import load_config
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     cfg = load_config(str(REPO / "configs" / "demo_cpu.yaml"), [
         "rollout.backend=hf", f"rollout.max_tokens={max_len}", "warmstart.steps=0", f"trainer.output_dir={out_dir}",
@@ -56,7 +56,7 @@ def make_trainer(out_dir: Path, threads: int, max_len: int):
 def random_batch(trainer, min_len: int, max_len: int, seed: int = 0):
     import torch
 
-    from mhpo_vl.rollout_records import Rollouts, ScoredRollouts
+    from mhpo_vl.train.records import Rollouts, ScoredRollouts
     from mhpo_vl.types import Completion
 
     gen = torch.Generator().manual_seed(seed)

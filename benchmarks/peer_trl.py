@@ -15,7 +15,7 @@ Configs:
   trl-vllm   trl.GRPOTrainer, use_vllm=True, vllm_mode="colocate" (TRL builds its own vLLM engine in the process)
 
 The same workload for all: the tiny random Qwen2.5-VL of configs/demo_cpu.yaml (hidden 128, 2 layers, small
-vocabulary, float32), one model folder for both trainers (mhpo_vl.tiny_model.cached_tiny_model); --prompts x
+vocabulary, float32), one model folder for both trainers (mhpo_vl.models.tiny.cached_tiny_model); --prompts x
 --steps problems of the bundled geosynth set with diagrams (the demo's options: difficulty 0, wide), visited in
 order by both (no shuffling), so step s sees the same prompts in every config; each prompt encoded by mhpo_vl's
 PromptEncoder (template direct_boxed, the chat template's default system prompt) and handed to TRL as the same
@@ -194,7 +194,7 @@ def format_table(rows: list[dict], ratio: dict) -> str:
 
 # ------------------------------------------------------------------------------------- shared set-up ----
 def model_folder() -> Path:
-    from mhpo_vl.tiny_model import cached_tiny_model
+    from mhpo_vl.models.tiny import cached_tiny_model
 
     return cached_tiny_model("vl", REPO / ".cache" / "tiny_models", **DEMO_SIZES)
 
@@ -227,7 +227,7 @@ def peak_rss_gb() -> float:
 def child_ours(args, backend: str, work: Path, result: dict) -> None:
     import torch
 
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     cfg = run_config(args, backend, work / "run")
     t0 = time.perf_counter()
@@ -262,8 +262,8 @@ def child_trl(args, use_vllm: bool, work: Path, result: dict) -> None:
     import trl
     from trl import GRPOConfig, GRPOTrainer
 
-    from mhpo_vl.model import load_policy, vision_token_ids
-    from mhpo_vl.trainer_parts import load_datasets, make_encoder, make_reward
+    from mhpo_vl.models.policy import load_policy, vision_token_ids
+    from mhpo_vl.train.parts import load_datasets, make_encoder, make_reward
 
     result["trl_version"] = trl.__version__
     t0 = time.perf_counter()

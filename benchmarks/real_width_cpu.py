@@ -2,7 +2,7 @@
 
     python benchmarks/real_width_cpu.py [--layers 2] [--dtype float32|bfloat16] [--threads 2]
 
-A random-weight Qwen2.5-VL from the public 3B config (mhpo_vl.qwen_shapes: hidden 2048, 16 heads / 2 KV heads,
+A random-weight Qwen2.5-VL from the public 3B config (mhpo_vl.models.qwen_shapes: hidden 2048, 16 heads / 2 KV heads,
 head_dim 128, M-RoPE [16, 24, 24], vocab 151,936 with tied embeddings; the full 32-block vision tower, 1280 wide,
 window attention with full attention in blocks 7/15/23/31) with `--layers` language layers, the real Qwen2.5-VL tokenizer, and one real
 Geometry3K fixture image encoded at EasyR1's pixel limits (min 262,144, max 4,194,304). Measures: build, the prompt
@@ -43,10 +43,10 @@ def main() -> None:
 
     from mhpo_vl.collate import PromptEncoder, collate_sequences
     from mhpo_vl.datasets import load_dataset
-    from mhpo_vl.model import freeze_vision_tower, per_token_logprobs
+    from mhpo_vl.models.policy import freeze_vision_tower, per_token_logprobs
     from mhpo_vl.prompts import get_template
-    from mhpo_vl.qwen_shapes import EASYR1_MAX_PIXELS, EASYR1_MIN_PIXELS, build_qwen2_5_vl_3b_model
-    from mhpo_vl.tiny_model import vl_processor
+    from mhpo_vl.models.qwen_shapes import EASYR1_MAX_PIXELS, EASYR1_MIN_PIXELS, build_qwen2_5_vl_3b_model
+    from mhpo_vl.models.tiny import vl_processor
 
     torch.set_num_threads(args.threads)
     results: dict = {}

@@ -40,7 +40,7 @@ class Clock:
 
 
 def model_dir(vocab: str) -> Path:
-    from mhpo_vl.tiny_model import cached_tiny_model
+    from mhpo_vl.models.tiny import cached_tiny_model
 
     return cached_tiny_model("vl", REPO / ".cache" / "tiny_models", vocab=vocab, **SIZES)
 
@@ -56,8 +56,8 @@ def encoded_prompts(processor, count: int):
 
 
 def phase_build(vocab: str, clock: Clock) -> dict:
-    from mhpo_vl.qwen_tokenizer import cached_qwen_tokenizer_dir
-    from mhpo_vl.tiny_model import build_tiny_vl_model
+    from mhpo_vl.models.qwen_tokenizer import cached_qwen_tokenizer_dir
+    from mhpo_vl.models.tiny import build_tiny_vl_model
 
     cached_qwen_tokenizer_dir()
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +70,7 @@ def phase_update(vocab: str, clock: Clock) -> dict:
     import torch
 
     from mhpo_vl.collate import collate_sequences
-    from mhpo_vl.model import load_policy, per_token_logprobs
+    from mhpo_vl.models.policy import load_policy, per_token_logprobs
 
     policy = clock("load", lambda: load_policy(model_dir(vocab), dtype=torch.float32))
     model = policy.model.train()

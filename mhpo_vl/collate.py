@@ -7,7 +7,7 @@ what the trainer's forward takes) plus its other outputs as an opaque ``model_in
 ``collate_sequences(prompts, responses, pad_token_id)`` builds the SequenceBatch the trainer runs forward on.
 
 ``PromptEncoder.prompt_length(sample)`` gives the same token count without decoding pixels, so a whole dataset is
-measured at load time (``mhpo_vl.run_data``).
+measured at load time (``mhpo_vl.train.run_data``).
 
 A text-only model and tokenizer go through the same code with ``use_images=False``. A prompt over
 ``max_prompt_length`` is a :class:`PromptTooLongError`: cutting it would cut through image tokens ("Image features

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
 
-from mhpo_vl.model import forward_replaced
+from mhpo_vl.models.policy import forward_replaced
 
 T = TypeVar("T")
 
@@ -247,3 +247,15 @@ def _hidden_size(model: torch.nn.Module) -> int:
     config = getattr(model, "config", None)
     text = getattr(config, "text_config", None) or config
     return int(getattr(text, "hidden_size", 4096))
+
+
+def launcher_rank() -> int:
+    """This process's rank as torchrun / `accelerate launch` set it (RANK), before any process group exists; 0 for a
+    plain single process. For what prints and which log file a process writes (mhpo_vl.runs.console)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launcher_world_size() -> int:
+    """The number of processes the launcher started (WORLD_SIZE; 1 for a plain single process), before the
+    Runtime exists: DeepSpeed's micro-step count is fixed from it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -29,7 +29,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from mhpo_vl.machine import cpu_model
+from mhpo_vl.runs.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_GAIN, MAX_DROP = 0.10, 0.05

@@ -78,8 +78,8 @@ def build_model(tiny: bool, cache: Path) -> tuple[str, list[str]]:
         return "tiny:vl", ["model.tiny_overrides={hidden_size: 128, num_hidden_layers: 2, vocab: small}",
                            "model.dtype=float32", "model.gradient_checkpointing=false", "data.min_pixels=null",
                            "data.max_pixels=null", "rollout.max_tokens=16", "data.max_prompt_length=256", "reward.num_workers=1"]
-    from mhpo_vl.qwen_shapes import build_qwen2_5_vl_3b_shape
-    from mhpo_vl.tiny_model import build_once
+    from mhpo_vl.models.qwen_shapes import build_qwen2_5_vl_3b_shape
+    from mhpo_vl.models.tiny import build_once
 
     folder = cache / "qwen2_5_vl_3b_random"
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def run_steps(args, model_path: str, extra: list[str]) -> dict:
     import torch
 
     from mhpo_vl.config import load_config
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     overrides = [f"model.name_or_path={model_path}", f"trainer.device={args.device}",
                  f"trainer.total_steps={args.steps}", f"trainer.output_dir={args.out}", *extra]

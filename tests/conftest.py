@@ -15,12 +15,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The Qwen tokenizer folder (mhpo_vl.qwen_tokenizer) is cached beside the tiny models, not in the user's home.
+# The Qwen tokenizer folder (mhpo_vl.models.qwen_tokenizer) is cached beside the tiny models, not in the user's home.
 os.environ.setdefault("MHPO_VL_CACHE", str(REPO_ROOT / ".cache"))
 
 
 def _build_once(kind: str, vocab: str) -> Path:
-    from mhpo_vl.tiny_model import cached_tiny_model
+    from mhpo_vl.models.tiny import cached_tiny_model
 
     return cached_tiny_model(kind, REPO_ROOT / ".cache" / "tiny_models", vocab=vocab)
 
@@ -64,7 +64,7 @@ def warm_tiny_vl_model_dir(tiny_vl_model_dir) -> Path:
     not zero. Built once per tiny-model builder version and warm-start length."""
     from run_helpers import WARM_START_STEPS, build_warm_model
 
-    from mhpo_vl.tiny_model import build_once
+    from mhpo_vl.models.tiny import build_once
 
     return build_once(tiny_vl_model_dir.parent / f"vl_warm{WARM_START_STEPS}",
                       lambda folder: build_warm_model(tiny_vl_model_dir, folder))

@@ -4,7 +4,7 @@ Each rank takes its share of the same 4 prompts x 2 responses; rewards, advantag
 run through the real Trainer (HF sampler so no vLLM engine is needed). Writes <out>/rank<r>.pt with the trainable
 weights after the updates, the minibatch losses (summed over ranks) and the count of skipped updates. With a 4th
 argument "nan", rank 0's first micro-batch loss is made NaN (by the loss part build_trainer is given). With a 5th
-argument "tokens", both passes cut micro-batches by a token budget instead of 2 rows each (mhpo_vl.micro_batches).
+argument "tokens", both passes cut micro-batches by a token budget instead of 2 rows each (mhpo_vl.train.micro_batches).
 """
 import dataclasses
 import os
@@ -20,8 +20,8 @@ TOKEN_BUDGET = 200
 
 def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "finite", micro: str = "rows") -> None:
     from mhpo_vl.config import load_config
-    from mhpo_vl.trainer import build_trainer
-    from mhpo_vl.trainer_parts import make_loss, make_runtime
+    from mhpo_vl.train import build_trainer
+    from mhpo_vl.train.parts import make_loss, make_runtime
 
     overrides = [
         f"model.name_or_path={model_dir}", "model.dtype=float32", "model.gradient_checkpointing=false",
@@ -70,7 +70,7 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {n: t.float().cpu() for n, t in trainer.rt.iter_full_weights(only=trainable)}
     torch.save({"weights": weights, "losses": losses, "world": world, "skipped": skipped, "refill": refill,
-                "order": trainer.order.state_dict(), "padding": padding,
+                "order": trainer.state.order.state_dict(), "padding": padding,
                 "old_logprobs": [t.clone() for t in old.old]}, os.path.join(out_dir, f"rank{rank}.pt"))
     trainer.close()
 
@@ -100,7 +100,7 @@ def _refill_where_only_rank1_needs_it(trainer, samples):
 
 def _scored_rollouts(trainer, mine, answer_of):
     """Two fixed completions "\\boxed{answer_of(sample, k)}" (k = 0, 1) per prompt, scored by the trainer."""
-    from mhpo_vl.trainer import Rollouts
+    from mhpo_vl.train import Rollouts
     from mhpo_vl.types import Completion
 
     tok = trainer.policy.tokenizer
@@ -111,7 +111,7 @@ def _scored_rollouts(trainer, mine, answer_of):
             rows_p.append(p)
             rows_c.append(Completion(text=text, token_ids=tok.encode(text, add_special_tokens=False),
                                      sampler_logprobs=None, finish_reason="stop"))
-    return trainer.score(Rollouts(rows_p, rows_c, 2))
+    return trainer.reward(Rollouts(rows_p, rows_c, 2))
 
 
 if __name__ == "__main__":

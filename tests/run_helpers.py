@@ -101,8 +101,8 @@ def build_warm_model(base_model_dir: Path, folder: Path) -> None:
     import tempfile
 
     from mhpo_vl.config import load_config
-    from mhpo_vl.trainer import build_trainer
-    from mhpo_vl.warmstart import run_warmstart
+    from mhpo_vl.train import build_trainer
+    from mhpo_vl.train.warmstart import run_warmstart
 
     with tempfile.TemporaryDirectory() as run_dir:
         overrides = small_overrides(base_model_dir, run_dir, **{
@@ -110,7 +110,9 @@ def build_warm_model(base_model_dir: Path, folder: Path) -> None:
             "warmstart.batch_size": "32", "warmstart.response_template": "\\boxed{{{answer}}}",
             "data.train": "{name: geosynth, split: train, options: {n: 512, seed: 0, difficulty: 0}}"})
         trainer = build_trainer(load_config(None, overrides))
-        run_warmstart(trainer, trainer.cfg.warmstart)
+        run_warmstart(trainer.rt.unwrapped(), trainer.policy.tokenizer, trainer.encoder, trainer.train_samples,
+                      trainer.cfg.warmstart, device=trainer.rt.device, seed=trainer.cfg.trainer.seed,
+                      chunk_size=trainer.cfg.trainer.logprob_chunk_size)
         trainer.rt.unwrapped().save_pretrained(folder, safe_serialization=True)
         trainer.policy.processor.save_pretrained(folder)
         trainer.close()

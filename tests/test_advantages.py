@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mhpo_vl.advantages import count_zero_variance_groups, group_advantages, zero_variance_groups
+from mhpo_vl.train.advantages import count_zero_variance_groups, group_advantages, zero_variance_groups
 
 
 def test_hand_computed_unbiased_std():

@@ -1,4 +1,4 @@
-"""The console (mhpo_vl/console.py): library output of every kind goes to the run's log, the package's own lines
+"""The console (mhpo_vl/runs/console.py): library output of every kind goes to the run's log, the package's own lines
 stay on the terminal, errors surface in full; and a real short `mhpo-vl train` prints a few dozen lines."""
 import os
 import subprocess
@@ -14,7 +14,7 @@ from run_helpers import REPO, RUN_ENV, small_overrides
 # process; our own lines through console.line / console.progress. Optionally fails at the end.
 _SCRIPT = textwrap.dedent('''
     import logging, os, subprocess, sys, warnings
-    from mhpo_vl import console
+    from mhpo_vl.runs import console
 
     with console.capture(sys.argv[1], verbose=sys.argv[2] == "verbose"):
         console.line("OURS: loading model")
@@ -87,7 +87,7 @@ def test_other_ranks_print_no_progress_and_log_to_their_own_file(tmp_path):
     done, log = _run_script(tmp_path, rank=1, outcome="fail")
     assert "OURS: loading model" not in done.stderr and "OURS-BAR" not in done.stderr
     assert "ValueError: OURS-ERROR" in done.stderr  # errors come from every rank
-    from mhpo_vl.console import log_path
+    from mhpo_vl.runs.console import log_path
 
     os.environ.pop("RANK", None)
     assert log_path("runs/x", "train") == Path("runs/x/logs/train.log")

@@ -45,7 +45,7 @@ def test_two_ranks_match_each_other_and_the_single_process(tmp_path, tiny_vl_mod
     moved = 0
     for name, w in one["weights"].items():
         torch.testing.assert_close(r0["weights"][name], w, rtol=1e-4, atol=1e-6)
-    start = __import__("mhpo_vl.model", fromlist=["load_policy"]).load_policy(tiny_vl_model_dir, freeze_vision=True).model
+    start = __import__("mhpo_vl.models.policy", fromlist=["load_policy"]).load_policy(tiny_vl_model_dir, freeze_vision=True).model
     for name, p in start.named_parameters():
         if name in one["weights"] and not torch.equal(p.detach(), one["weights"][name]):
             moved += 1

@@ -1,8 +1,8 @@
-"""DAPO dynamic sampling as a pure function on group records (mhpo_vl.dynamic_sampling)."""
+"""DAPO dynamic sampling as a pure function on group records (mhpo_vl.train.dynamic_sampling)."""
 import torch
 
-from mhpo_vl.dynamic_sampling import dynamic_sample, fill_to_size, informative_groups
-from mhpo_vl.rollout_records import Group, Rollouts, ScoredRollouts
+from mhpo_vl.train.dynamic_sampling import dynamic_sample, fill_to_size, informative_groups
+from mhpo_vl.train.records import Group, Rollouts, ScoredRollouts
 from mhpo_vl.types import Completion, EncodedPrompt, Sample
 
 

@@ -81,7 +81,7 @@ def test_a_score_run_that_fails_midway_leaves_the_previous_output_whole(tmp_path
 
 
 def test_atomic_output_replaces_a_symlink_target_and_keeps_the_mode(tmp_path):
-    from mhpo_vl.atomic_io import atomic_text_output
+    from mhpo_vl.runs.atomic_io import atomic_text_output
 
     target = tmp_path / "real.jsonl"
     target.write_text("old\n")
@@ -299,7 +299,7 @@ def test_a_too_long_training_prompt_stops_the_trainer_before_it_starts(tmp_path,
     from run_helpers import small_overrides
 
     from mhpo_vl.collate import PromptTooLongError
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     source = _long_prompt_dataset(tmp_path)
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
@@ -316,7 +316,7 @@ def test_skip_bad_drops_too_long_prompts_and_lists_them(tmp_path, tiny_processor
     from mhpo_vl.collate import PromptEncoder
     from mhpo_vl.config import DataConfig, DatasetSpec
     from mhpo_vl.prompts import get_template
-    from mhpo_vl.run_data import load_run_datasets
+    from mhpo_vl.train.run_data import load_run_datasets
 
     source = str(_long_prompt_dataset(tmp_path))
     encoder = PromptEncoder(tiny_processor, get_template("direct_boxed"), max_prompt_length=256, use_images=True)
@@ -341,7 +341,7 @@ def test_an_image_the_encoder_refuses_is_a_bad_row_at_load(tmp_path, tiny_proces
     from mhpo_vl.collate import PromptEncoder
     from mhpo_vl.datasets import DataError, load_dataset
     from mhpo_vl.prompts import get_template
-    from mhpo_vl.run_data import check_prompt_lengths
+    from mhpo_vl.train.run_data import check_prompt_lengths
 
     Image.new("RGB", (64, 64), "white").save(tmp_path / "square.png")
     Image.new("RGB", (900, 3), "white").save(tmp_path / "strip.png")  # aspect ratio 300: qwen-vl-utils refuses > 200

@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
-from mhpo_vl.checkpoint import CheckpointManager
+from mhpo_vl.runs.checkpoints import CheckpointManager
 from mhpo_vl.config import load_config, save_config
-from mhpo_vl.run_logging import MetricsWriter, read_metrics
+from mhpo_vl.runs.loggers import MetricsWriter, read_metrics
 
 from run_helpers import REPO, RUN_ENV, kill_when, small_overrides
 
@@ -64,8 +64,8 @@ def _run_files(out: Path) -> dict[str, bytes]:
 
 
 def test_a_rerun_with_changed_settings_is_refused_and_lists_every_difference(tmp_path, tiny_vl_model_dir):
-    from mhpo_vl.run_dir import RunDirError
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.runs.run_dir import RunDirError
+    from mhpo_vl.train import build_trainer
 
     out = tmp_path / "run"
     overrides = _used_run_dir(out, tiny_vl_model_dir)
@@ -83,7 +83,7 @@ def test_a_rerun_with_changed_settings_is_refused_and_lists_every_difference(tmp
 
 
 def test_config_differences_compare_against_the_defaults_for_keys_an_older_run_did_not_have(tmp_path):
-    from mhpo_vl.run_dir import config_differences
+    from mhpo_vl.runs.run_dir import config_differences
 
     cfg = load_config(None, ["optim.lr=0.5", "data.train={name: geosynth, split: train, options: {n: 3}}"])
     saved = yaml.safe_load(yaml.safe_dump({"optim": {"lr": 0.5}, "data": {"train": {
@@ -94,7 +94,7 @@ def test_config_differences_compare_against_the_defaults_for_keys_an_older_run_d
 
 @pytest.mark.slow
 def test_an_allowed_config_change_is_recorded_and_applied_learning_rate_included(tmp_path, tiny_vl_model_dir):
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     out = tmp_path / "run"
     base = small_overrides(tiny_vl_model_dir, out, **{"rollout.backend": "hf", "optim.lr": "5e-4"})
@@ -118,7 +118,7 @@ def test_an_allowed_config_change_is_recorded_and_applied_learning_rate_included
 
 def test_apply_optimizer_settings_overrides_what_load_state_dict_restored():
     from mhpo_vl.config import OptimConfig
-    from mhpo_vl.run_dir import apply_optimizer_settings
+    from mhpo_vl.train.lr_schedule import apply_optimizer_settings
 
     params = [torch.nn.Parameter(torch.ones(2))]
     saved = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01).state_dict()
@@ -134,8 +134,8 @@ def test_apply_optimizer_settings_overrides_what_load_state_dict_restored():
 
 
 def test_resume_false_in_a_used_directory_is_refused(tmp_path, tiny_vl_model_dir):
-    from mhpo_vl.run_dir import RunDirError
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.runs.run_dir import RunDirError
+    from mhpo_vl.train import build_trainer
 
     out = tmp_path / "run"
     overrides = _used_run_dir(out, tiny_vl_model_dir)
@@ -146,7 +146,7 @@ def test_resume_false_in_a_used_directory_is_refused(tmp_path, tiny_vl_model_dir
 
 
 def test_overwrite_clears_the_old_run_before_the_new_one_starts(tmp_path, tiny_vl_model_dir, caplog):
-    from mhpo_vl.run_dir import RunDirectory
+    from mhpo_vl.runs.run_dir import RunDirectory
 
     out = tmp_path / "run"
     overrides = _used_run_dir(out, tiny_vl_model_dir)
@@ -212,7 +212,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
 
 
 def test_without_any_intact_checkpoint_the_error_lists_the_damage(tmp_path):
-    from mhpo_vl.checkpoint import CheckpointError
+    from mhpo_vl.runs.checkpoints import CheckpointError
 
     mgr = CheckpointManager(tmp_path, keep_last=2)
     _save(mgr, 1)
@@ -355,7 +355,7 @@ def test_disk_full_on_a_real_tiny_filesystem(tiny_filesystem, writer):
 
 # ----------------------------------------------------------------------------------- 13: locks ----------
 
-HOLD_LOCK = ("import sys, time\nfrom mhpo_vl.run_dir import DirectoryLock\n"
+HOLD_LOCK = ("import sys, time\nfrom mhpo_vl.runs.run_dir import DirectoryLock\n"
              "lock = DirectoryLock(sys.argv[1], 'test holder').acquire()\n"
              "print('locked', flush=True)\ntime.sleep(600)\n")
 
@@ -375,7 +375,7 @@ def lock_holder(tmp_path):
 
 
 def test_a_second_process_is_refused_with_the_holders_pid(lock_holder):
-    from mhpo_vl.run_dir import DirectoryLock, RunDirError
+    from mhpo_vl.runs.run_dir import DirectoryLock, RunDirError
 
     folder, proc = lock_holder
     with pytest.raises(RunDirError, match=rf"in use by pid {proc.pid} on host \S+ \(test holder"):
@@ -383,7 +383,7 @@ def test_a_second_process_is_refused_with_the_holders_pid(lock_holder):
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_notice(lock_holder, caplog):
-    from mhpo_vl.run_dir import DirectoryLock
+    from mhpo_vl.runs.run_dir import DirectoryLock
 
     folder, proc = lock_holder
     proc.send_signal(signal.SIGKILL)
@@ -398,7 +398,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_notice(lock_holder
 
 
 def test_a_stale_lock_file_naming_a_dead_pid_is_taken_over(tmp_path, caplog):
-    from mhpo_vl.run_dir import DirectoryLock
+    from mhpo_vl.runs.run_dir import DirectoryLock
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -408,7 +408,7 @@ def test_a_stale_lock_file_naming_a_dead_pid_is_taken_over(tmp_path, caplog):
 
 
 def test_a_lock_file_from_another_host_is_never_taken_over(tmp_path):
-    from mhpo_vl.run_dir import DirectoryLock, RunDirError
+    from mhpo_vl.runs.run_dir import DirectoryLock, RunDirError
 
     tmp_path.joinpath("mhpo-vl.lock").write_text(json.dumps({"pid": 1, "host": "another-node"}))
     with pytest.raises(RunDirError, match="pid 1 on host another-node .*delete the lock file") as first:
@@ -421,8 +421,8 @@ def test_a_lock_file_from_another_host_is_never_taken_over(tmp_path):
 
 
 def test_train_refuses_a_run_directory_another_process_holds(lock_holder, tiny_vl_model_dir):
-    from mhpo_vl.run_dir import RunDirError
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.runs.run_dir import RunDirError
+    from mhpo_vl.train import build_trainer
 
     folder, proc = lock_holder
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, folder, **{"rollout.backend": "hf"}))
@@ -497,7 +497,7 @@ def test_checkpoints_are_credited_only_with_their_own_steps_validation(killed_be
 @pytest.mark.slow
 def test_a_damaged_checkpoint_and_a_torn_metrics_line_are_survived_and_wall_time_adds_up(
         killed_before_first_checkpoint_then_rerun, tmp_path, tiny_vl_model_dir):
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     source, _ = killed_before_first_checkpoint_then_rerun
     out = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""The RL learning-rate schedule (mhpo_vl/lr_schedule.py) against hand-computed values, its config checks, and a
+"""The RL learning-rate schedule (mhpo_vl/train/lr_schedule.py) against hand-computed values, its config checks, and a
 real short run whose metrics.jsonl logs the scheduled `optim/lr` that the optimiser used."""
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from mhpo_vl.config import ConfigError, OptimConfig, TrainerConfig, load_config
-from mhpo_vl.lr_schedule import lr_at, total_updates, updates_per_step
+from mhpo_vl.train.lr_schedule import lr_at, total_updates, updates_per_step
 
 from run_helpers import small_overrides
 
@@ -53,7 +53,7 @@ def test_bad_schedule_settings_are_config_errors(override, message):
 def test_a_run_logs_and_uses_the_scheduled_lr(tmp_path, tiny_vl_model_dir):
     """3 RL steps x 2 updates (HF rollouts): warm-up over 4 updates, then cosine to 0.1 * lr at update 5. The
     logged optim/lr is each step's last update: updates 1, 3, 5 -> lr/2, lr, lr/10."""
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     out = tmp_path / "run"
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, out, **{

@@ -1,7 +1,7 @@
-"""Micro-batch planning (mhpo_vl.micro_batches): fixed rows, the token budget, the ranks' agreed count, padding."""
+"""Micro-batch planning (mhpo_vl.train.micro_batches): fixed rows, the token budget, the ranks' agreed count, padding."""
 import pytest
 
-from mhpo_vl.micro_batches import (PaddingCount, RowSize, fixed_rows, padded_tokens, plan_micro_batches,
+from mhpo_vl.train.micro_batches import (PaddingCount, RowSize, fixed_rows, padded_tokens, plan_micro_batches,
                                    split_to_count, token_budget)
 
 # prompt 10 tokens each; responses of 2, 50, 3, 48 and 1 tokens

@@ -1,11 +1,11 @@
-"""mhpo_vl.model: vision-tower freezing, chunked per-token logprobs (values, gradients, padding invariance)."""
+"""mhpo_vl.models.policy: vision-tower freezing, chunked per-token logprobs (values, gradients, padding invariance)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from encode_helpers import encode_image_prompt, encode_text_prompt, make_batch, noise_image
 
-from mhpo_vl.model import (
+from mhpo_vl.models.policy import (
     VisionTowerNotFoundError,
     chunked_lm_head_logprobs,
     forward_replaced,

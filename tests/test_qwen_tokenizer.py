@@ -6,11 +6,11 @@ import unicodedata
 
 import pytest
 
-from mhpo_vl.qwen_tokenizer import (
+from mhpo_vl.models.qwen_tokenizer import (
     NUM_BPE_TOKENS, QWEN_VL_ADDED_TOKENS, QWEN_VL_TOKENIZER_SIZE, RankFileError, cached_qwen_tokenizer_dir,
     derive_merges, load_qwen_tokenizer, load_ranks, rank_file_path,
 )
-from mhpo_vl.tiny_model import QWEN_PRETOKENIZE_REGEX
+from mhpo_vl.models.tiny import QWEN_PRETOKENIZE_REGEX
 
 # Qwen2.5-VL's ids, read off its tokenizer_config.json.
 EXPECTED_IDS = {
@@ -32,7 +32,7 @@ def ranks():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_qwen_tokenizer()  # built once per version of mhpo_vl/qwen_tokenizer.py under $MHPO_VL_CACHE
+    return load_qwen_tokenizer()  # built once per version of mhpo_vl/models/qwen_tokenizer.py under $MHPO_VL_CACHE
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The RL loop's pieces at the real Qwen2.5-VL-3B widths, on CPU (issue 11, part 3).
 
-A random-weight Qwen2.5-VL built from the public 3B config (mhpo_vl.qwen_shapes: hidden 2048, head_dim 128, M-RoPE
+A random-weight Qwen2.5-VL built from the public 3B config (mhpo_vl.models.qwen_shapes: hidden 2048, head_dim 128, M-RoPE
 [16, 24, 24], 151,936 vocabulary rows, the full 32-block vision tower with window attention) with its language depth
 cut to 2 layers, in bfloat16, with the real tokenizer. One real Geometry3K image is encoded at EasyR1's pixel limits,
 vLLM (CPU) samples a few tokens, the trainer computes logprobs, one MHPO update runs with the vision tower frozen,
@@ -31,8 +31,8 @@ AGREE_ATOL_AFTER = 0.6
 def real_width_model_dir():
     from conftest import REPO_ROOT
 
-    from mhpo_vl.qwen_shapes import build_qwen2_5_vl_3b_shape
-    from mhpo_vl.tiny_model import build_once, builder_version
+    from mhpo_vl.models.qwen_shapes import build_qwen2_5_vl_3b_shape
+    from mhpo_vl.models.tiny import build_once, builder_version
 
     return build_once(REPO_ROOT / ".cache" / "tiny_models" / builder_version() / f"qwen2_5_vl_3b_shape_L{LAYERS}",
                       lambda folder: build_qwen2_5_vl_3b_shape(folder, text_layers=LAYERS))
@@ -40,7 +40,7 @@ def real_width_model_dir():
 
 def _logprobs(policy, prompt, completions):
     from mhpo_vl.collate import collate_sequences
-    from mhpo_vl.model import per_token_logprobs, vision_token_ids
+    from mhpo_vl.models.policy import per_token_logprobs, vision_token_ids
 
     batch = collate_sequences([prompt] * len(completions), [c.token_ids for c in completions],
                               pad_token_id=policy.tokenizer.pad_token_id)
@@ -59,9 +59,9 @@ def test_real_width_loop_collate_sample_update_sync(real_width_model_dir, fixtur
     from mhpo_vl.collate import PromptEncoder
     from mhpo_vl.datasets import load_dataset
     from mhpo_vl.losses import build_loss
-    from mhpo_vl.model import load_policy
+    from mhpo_vl.models.policy import load_policy
     from mhpo_vl.prompts import get_template
-    from mhpo_vl.qwen_shapes import EASYR1_MAX_PIXELS, EASYR1_MIN_PIXELS
+    from mhpo_vl.models.qwen_shapes import EASYR1_MAX_PIXELS, EASYR1_MIN_PIXELS
     from mhpo_vl.rollout import SamplingConfig, VLLMSampler
 
     started = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from encode_helpers import encode_image_prompt, encode_text_prompt, make_batch, noise_image
 
-from mhpo_vl.model import load_policy, per_token_logprobs, vision_token_ids
+from mhpo_vl.models.policy import load_policy, per_token_logprobs, vision_token_ids
 from mhpo_vl.rollout import HFSampler, SamplingConfig
 from mhpo_vl.types import Completion
 

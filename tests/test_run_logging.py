@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mhpo_vl.config import ConfigError, load_config
-from mhpo_vl.run_logging import MetricsWriter, metrics_writer, read_metrics
+from mhpo_vl.runs.loggers import MetricsWriter, metrics_writer, read_metrics
 
 
 def wandb_history(run_file) -> list[dict[str, float]]:

@@ -3,9 +3,9 @@ import json
 
 import torch
 
-from mhpo_vl.checkpoint import CheckpointManager
-from mhpo_vl.data_order import PromptOrder
-from mhpo_vl.run_logging import MetricsWriter, read_metrics
+from mhpo_vl.runs.checkpoints import CheckpointManager
+from mhpo_vl.train.data_order import PromptOrder
+from mhpo_vl.runs.loggers import MetricsWriter, read_metrics
 
 
 def test_prompt_order_covers_each_epoch_once_and_resumes_exactly():

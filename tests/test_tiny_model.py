@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mhpo_vl.tiny_model import QWEN_SPECIAL_TOKENS, TinySizes, build_tiny_text_model, build_tiny_vl_model
+from mhpo_vl.models.tiny import QWEN_SPECIAL_TOKENS, TinySizes, build_tiny_text_model, build_tiny_vl_model
 
 
 def _hashes(folder: Path) -> dict[str, str]:

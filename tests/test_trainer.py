@@ -17,7 +17,7 @@ def test_rl_steps_freeze_vision_update_lm_and_write_run_files(tmp_path, warm_tin
     """Two vLLM steps from the warm-started tiny model, which is sometimes right, so groups differ and the update
     is real: every language-model parameter moves (weight decay off, so only a gradient can move one), no vision
     parameter does, and the run files are written."""
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     cfg = load_config(None, small_overrides(warm_tiny_vl_model_dir, tmp_path / "run", **{
         "trainer.total_steps": "2", "optim.weight_decay": "0.0"}))
@@ -59,7 +59,7 @@ def test_rl_steps_freeze_vision_update_lm_and_write_run_files(tmp_path, warm_tin
 
 def _fixed_rollouts(trainer):
     """One right and one wrong answer for each of 4 prompts (advantages +-1 after normalisation)."""
-    from mhpo_vl.trainer import Rollouts
+    from mhpo_vl.train import Rollouts
     from mhpo_vl.types import Completion
 
     tok = trainer.policy.tokenizer
@@ -77,7 +77,7 @@ def _fixed_rollouts(trainer):
 @pytest.mark.parametrize("kl_coef", ["0.0", "0.05"])
 def test_an_update_moves_every_lm_parameter_and_no_vision_parameter(tmp_path, tiny_vl_model_dir, kl_coef):
     """Fixed rollouts through the real phases (with and without the KL-to-reference term)."""
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
         "rollout.backend": "hf", "rollout.n": "2", "algorithm.kl_coef": kl_coef}))
@@ -85,7 +85,7 @@ def test_an_update_moves_every_lm_parameter_and_no_vision_parameter(tmp_path, ti
     assert (trainer.ref_model is not None) == (kl_coef != "0.0")
     model = trainer.rt.unwrapped()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    scored = trainer.score(_fixed_rollouts(trainer))
+    scored = trainer.reward(_fixed_rollouts(trainer))
     assert scored.accuracy_N.tolist() == [1.0, 0.0] * 4
     batch = trainer.compute_advantages(scored)
     metrics = trainer.update(batch, trainer.compute_old_logprobs(batch.rollouts)).metrics
@@ -106,7 +106,7 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills(tmp_path, tiny_vl
     """DAPO dynamic sampling: groups with equal rewards are dropped; new prompts are sampled (here by the real HF
     sampler, whose random-model answers are all wrong, so they add nothing) and the batch is topped up to its
     size with the informative groups repeated, counted in the metrics."""
-    from mhpo_vl.trainer import Rollouts, build_trainer
+    from mhpo_vl.train import Rollouts, build_trainer
     from mhpo_vl.types import Completion
 
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
@@ -124,7 +124,7 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills(tmp_path, tiny_vl
             prompts.append(p)
             completions.append(Completion(text, tok.encode(text, add_special_tokens=False), None, "stop"))
     rollouts = Rollouts(prompts, completions, 2)
-    merged, metrics = trainer.refill_dynamic(trainer.compute_advantages(trainer.score(rollouts)))
+    merged, metrics = trainer.refill_dynamic(trainer.compute_advantages(trainer.reward(rollouts)))
     trainer.close()
     assert len(merged) == len(rollouts) == 8
     assert metrics == {"dynamic_sampling/refill_rounds": 1.0, "dynamic_sampling/padded_groups": 2.0}
@@ -136,14 +136,14 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills(tmp_path, tiny_vl
 
 @pytest.mark.slow
 def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path, tiny_vl_model_dir):
-    from mhpo_vl.trainer import TrainingDivergedError, build_trainer
+    from mhpo_vl.train import TrainingDivergedError, build_trainer
 
     cfg = load_config(None, small_overrides(tiny_vl_model_dir, tmp_path / "run", **{
         "rollout.backend": "hf", "rollout.n": "2", "trainer.max_consecutive_nonfinite": "3"}))
     trainer = build_trainer(cfg)
     model = trainer.rt.unwrapped()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    batch = trainer.compute_advantages(trainer.score(_fixed_rollouts(trainer)))
+    batch = trainer.compute_advantages(trainer.reward(_fixed_rollouts(trainer)))
     old = trainer.compute_old_logprobs(batch.rollouts)
     batch = batch.with_advantages(torch.full_like(batch.advantages_N, float("nan")))  # every minibatch loss is NaN
     metrics = trainer.update(batch, old).metrics  # 2 minibatches: both skipped, under the limit of 3 in a row
@@ -187,7 +187,7 @@ def test_the_cpu_demo_learns_in_the_rl_stage(tmp_path):
     property, not a trajectory: the assertions are the inequalities. Seed 1 is the test's seed because its margins
     are wide on both float paths measured (gain +0.51 native, +0.49 AVX2; drop 0.002 and 0); the thinnest margins
     of the 15 are seed 2 on AVX2 (gain +0.13) and seed 5 native (drop 0.048), see the README."""
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     cfg = load_config(REPO / "configs" / "demo_cpu.yaml", [f"trainer.output_dir={tmp_path / 'demo'}"])
     summary = build_trainer(cfg, cache_dir=REPO / ".cache").fit()

@@ -9,7 +9,7 @@ import torch
 import torch._dynamo  # noqa: F401  (the first optimiser of a process imports it, ~4 s here: paid at collection)
 
 from mhpo_vl.config import load_config
-from mhpo_vl.trainer_parts import make_loss
+from mhpo_vl.train.parts import make_loss
 from mhpo_vl.types import Completion, EncodedPrompt, Sample
 
 RIGHT, WRONG = [5, 6, 7], [8, 9]  # token ids of a right and of a wrong completion (different lengths)
@@ -91,7 +91,7 @@ class RecordingLoss:
 
 
 def make_trainer(tmp_path, *overrides, sampler=None, seed=0, loss_fn=None):
-    from mhpo_vl.trainer import build_trainer
+    from mhpo_vl.train import build_trainer
 
     cfg = load_config(None, [
         f"trainer.output_dir={tmp_path}", "trainer.device=cpu", "trainer.num_threads=1", "rollout.n=2",
@@ -127,7 +127,7 @@ def test_a_trainer_built_from_fakes_runs_two_steps_in_seconds(tmp_path):
 def test_scored_rollouts_carry_group_advantages(tmp_path):
     trainer = make_trainer(tmp_path, sampler=FixedSampler(all_wrong={"1"}))
     rollouts = trainer.generate(trainer.encoder.encode(trainer.train_samples[:2]))
-    batch = trainer.compute_advantages(trainer.score(rollouts))
+    batch = trainer.compute_advantages(trainer.reward(rollouts))
     trainer.close()
     assert batch.rewards_N.tolist() == [1.0, 0.0, 0.0, 0.0]
     assert batch.advantages_N.tolist() == pytest.approx([2 ** -0.5, -(2 ** -0.5), 0.0, 0.0], rel=1e-5)
@@ -141,7 +141,7 @@ def test_the_update_normalises_by_the_minibatch_token_count_so_micro_batching_ch
     for micro in (1, 2):
         loss = RecordingLoss(make_loss(load_config(None, ["algorithm.loss=grpo"])))
         trainer = make_trainer(tmp_path / str(micro), f"trainer.micro_batch_size={micro}", loss_fn=loss)
-        batch = trainer.compute_advantages(trainer.score(trainer.generate(trainer.encoder.encode(
+        batch = trainer.compute_advantages(trainer.reward(trainer.generate(trainer.encoder.encode(
             trainer.train_samples[:4]))))
         stats = trainer.update(batch, trainer.compute_old_logprobs(batch.rollouts))
         trainer.close()
@@ -174,11 +174,11 @@ def test_dynamic_sampling_refills_with_new_prompts_until_the_batch_is_informativ
 
 
 def test_nonfinite_losses_skip_the_update_and_stop_the_run(tmp_path):
-    from mhpo_vl.trainer import TrainingDivergedError
+    from mhpo_vl.train import TrainingDivergedError
 
     trainer = make_trainer(tmp_path, "trainer.max_consecutive_nonfinite=3")
     before = {n: p.detach().clone() for n, p in trainer.rt.unwrapped().named_parameters()}
-    batch = trainer.compute_advantages(trainer.score(trainer.generate(trainer.encoder.encode(
+    batch = trainer.compute_advantages(trainer.reward(trainer.generate(trainer.encoder.encode(
         trainer.train_samples[:4]))))
     old = trainer.compute_old_logprobs(batch.rollouts)
     nan_batch = batch.with_advantages(torch.full_like(batch.advantages_N, float("nan")))

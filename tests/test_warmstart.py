@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from mhpo_vl.config import ConfigError, load_config
-from mhpo_vl.warmstart import AnswerProbStop
+from mhpo_vl.train.warmstart import AnswerProbStop
 
 
 def test_stops_when_the_window_mean_reaches_the_target():

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_index(run_dir: Path) -> dict[str, Any]:
-    from mhpo_vl.checkpoint import CheckpointManager  # the trainer's checkpoint layout, in one place
+    from mhpo_vl.runs.checkpoints import CheckpointManager  # the trainer's checkpoint layout, in one place
 
     checkpoints = CheckpointManager(run_dir)
     path = checkpoints.root / "index.json"
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"mhpo-vl eval-run: error: {exc}", file=sys.stderr)
         return 2
-    from mhpo_vl.atomic_io import write_durably
+    from mhpo_vl.runs.atomic_io import write_durably
 
     write_durably(out / "best_vs_latest.json", json.dumps({"run_dir": str(run_dir), "index": index, **table}, indent=1))
     text = best_vs_latest_markdown(table, run_dir.name)

@@ -39,12 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override an architecture size (repeatable), e.g. --size hidden_size=256 --size num_hidden_layers=4; "
-        "keys are the fields of mhpo_vl.tiny_model.TinySizes",
+        "keys are the fields of mhpo_vl.models.tiny.TinySizes",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from mhpo_vl.tiny_model import build_tiny_text_model, build_tiny_vl_model
+    from mhpo_vl.models.tiny import build_tiny_text_model, build_tiny_vl_model
 
     start = time.perf_counter()
     build = build_tiny_text_model if args.text_only else build_tiny_vl_model

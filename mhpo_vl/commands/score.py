@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mhpo_vl.atomic_io import atomic_text_output, same_file
+from mhpo_vl.runs.atomic_io import atomic_text_output, same_file
 from mhpo_vl.scoring import MATHVISTA, MODES, SCORERS, load_reference, merge_reference, score_row, validate_row
 
 SUMMARY_LIST_LIMIT = 20

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mhpo_vl import console
+    from mhpo_vl.runs import console
     from mhpo_vl.config import load_config
 
     overrides = list(args.overrides)
@@ -28,12 +28,12 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_bad:
         overrides.append("data.skip_bad=true")
     cfg = load_config(args.config, overrides)  # a ConfigError is one line on stderr (mhpo_vl.cli), exit 2
-    from mhpo_vl.checkpoint import CheckpointError
-    from mhpo_vl.run_dir import RunDirError
+    from mhpo_vl.runs.checkpoints import CheckpointError
+    from mhpo_vl.runs.run_dir import RunDirError
 
     log = console.log_path(cfg.trainer.output_dir, "train")
     with console.capture(log, verbose=args.verbose) as captured:
-        from mhpo_vl.trainer import TrainingDivergedError, build_trainer
+        from mhpo_vl.train import TrainingDivergedError, build_trainer
 
         try:
             trainer = build_trainer(cfg)

@@ -182,7 +182,7 @@ def import_plugins(modules: Iterable[str]) -> None:
 def _report(name: str, source: str | None, samples: LoadedSamples) -> None:
     """Skipped rows and caveats go to the terminal (stderr), always, also while a run sends library output to
     its log: a dataset never shrinks or changes silently."""
-    from mhpo_vl import console
+    from mhpo_vl.runs import console
 
     if samples.skipped:
         console.line(f"[mhpo-vl data] {name}: skipped {len(samples.skipped)} bad row(s) from {source}:")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from mhpo_vl.atomic_io import write_durably
+from mhpo_vl.runs.atomic_io import write_durably
 from mhpo_vl.evaluation.config import EvalConfig
 from mhpo_vl.evaluation.plan import (
     SuitePlan, build_plans, check_images, load_plan_samples, load_processor, model_is_vision, pixel_budget,
@@ -80,7 +80,7 @@ def run_evaluation(config: EvalConfig, sampler=None, processor=None) -> dict[str
     directory is locked meanwhile: a second evaluation into it is refused with this one's pid (RunDirError).
     ``sampler``: use it instead of starting one (it is not closed here); ``processor``: its processor/tokenizer for
     the prompts (default: the sampler's own, else loaded from ``config.model``)."""
-    from mhpo_vl.run_dir import DirectoryLock
+    from mhpo_vl.runs.run_dir import DirectoryLock
 
     with DirectoryLock(config.output_dir, "evaluation"):
         return _run_evaluation(config, sampler, processor)
@@ -100,7 +100,7 @@ def _run_evaluation(config: EvalConfig, sampler, processor) -> dict[str, Any]:
     todo = {plan.name: [s for s in plan.samples if s.id not in done[plan.name]] for plan in plans}
     timing: dict[str, float] = {}
     if any(todo.values()):
-        from mhpo_vl import console
+        from mhpo_vl.runs import console
 
         # vLLM's and the libraries' output goes to <output_dir>/logs/eval.log; the progress bars stay visible.
         with console.capture(console.log_path(out, "eval"), verbose=config.verbose):
@@ -173,7 +173,7 @@ def _start_sampler(config: EvalConfig, is_vision: bool, use_images: bool, proces
 
 def _sample_suite(config: EvalConfig, plan: SuitePlan, pending: list, done: dict, sampler, grader, processor,
                   use_images: bool) -> None:
-    from mhpo_vl import console
+    from mhpo_vl.runs import console
     from mhpo_vl.collate import PromptEncoder
     from mhpo_vl.evaluation.results import RESPONSES_FILE, ResponsesFile
     from mhpo_vl.prompts import get_template

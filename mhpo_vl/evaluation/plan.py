@@ -183,7 +183,7 @@ def model_is_vision(model: str) -> bool:
             raise ValueError(f"{local_config}: corrupt JSON ({exc})") from None
     from transformers import AutoConfig
 
-    from mhpo_vl.model import is_vision_config
+    from mhpo_vl.models.policy import is_vision_config
 
     return is_vision_config(AutoConfig.from_pretrained(model))
 

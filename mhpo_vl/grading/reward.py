@@ -65,3 +65,7 @@ class RewardFunction:
         if self.truncated_reward is not None and truncated is not None:
             rewards = [self.truncated_reward if cut else r for r, cut in zip(rewards, truncated)]
         return RewardOutput(rewards=rewards, verdicts=verdicts, accuracy=accuracy, format=formats)
+
+    def close(self) -> None:
+        """Stop the grader's worker processes."""
+        self.grader.close()

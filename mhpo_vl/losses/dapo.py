@@ -4,7 +4,7 @@ Per token ``-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)`` with eps_low = 0.2
 bound leaves room to raise low-probability tokens), aggregated over the whole batch by token-mean
 ``L = sum_{i,t} l_it / sum_i T_i``. Same parameters, clamp behaviour and diagnostics as :mod:`.grpo`.
 The rest of the DAPO recipe (dynamic sampling, overlong penalty) belongs to the sampler and reward, not the loss;
-:func:`mhpo_vl.advantages.zero_variance_groups` marks the groups dynamic sampling drops.
+:func:`mhpo_vl.train.advantages.zero_variance_groups` marks the groups dynamic sampling drops.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mhpo_vl.run_logging import read_metrics
+from mhpo_vl.runs.loggers import read_metrics
 
 PANELS = [
     ("reward/mean", "reward (mean)"),

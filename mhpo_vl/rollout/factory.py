@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-BACKENDS = ("vllm", "hf")
+from mhpo_vl.config.schema import DTYPES, SAMPLER_BACKENDS as BACKENDS
 
 
 def make_sampler(backend: str, model_path: str, *, dtype: str = "bfloat16", seed: int = 0, max_model_len: int = 4096,
@@ -18,7 +18,7 @@ def make_sampler(backend: str, model_path: str, *, dtype: str = "bfloat16", seed
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown sampler backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    if dtype not in ("bfloat16", "float16", "float32"):
+    if dtype not in DTYPES:
         raise ValueError(f"dtype must be bfloat16, float16 or float32; got {dtype!r}")
     if backend == "hf":
         from mhpo_vl.rollout.hf_sampler import HFSampler
@@ -26,7 +26,7 @@ def make_sampler(backend: str, model_path: str, *, dtype: str = "bfloat16", seed
         if hf_model is None:
             import torch
 
-            from mhpo_vl.model import load_policy
+            from mhpo_vl.models.policy import load_policy
 
             policy = load_policy(model_path, dtype=getattr(torch, dtype), freeze_vision=False)
             policy.model.eval()

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 import torch
 
-from mhpo_vl.model import vision_token_ids
+from mhpo_vl.models.policy import vision_token_ids
 from mhpo_vl.rollout.sampling import SamplingConfig
 from mhpo_vl.types import Completion, EncodedPrompt
 

@@ -5,7 +5,7 @@ Why these engine settings:
   tensors directly (a subprocess engine cannot receive tensors through ``collective_rpc``; it would need a
   checkpoint on disk). On CPU it also cuts engine start-up from ~20 s to a few seconds.
 - ``logprobs_mode="processed_logprobs"``: reported logprobs are those of the distribution actually sampled from
-  (after temperature and the vision-token ban), which is what ``mhpo_vl.model.per_token_logprobs(...,
+  (after temperature and the vision-token ban), which is what ``mhpo_vl.models.policy.per_token_logprobs(...,
   temperature=T, suppressed_token_ids=vision_token_ids(tok))`` computes. vLLM's default ``raw_logprobs`` would
   ignore the temperature.
 - Prompts go in as TOKEN IDS (``EncodedPrompt.prompt_token_ids`` with each run of image pads collapsed back to one

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from mhpo_vl.run_logging import read_metrics
+from mhpo_vl.runs.loggers import read_metrics
 from mhpo_vl.study.plan import Plan, Run
 from mhpo_vl.study.runner import run_state
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mhpo_vl.run_logging import read_metrics
+from mhpo_vl.runs.loggers import read_metrics
 from mhpo_vl.study.aggregate import FINISHED, seed_band, series, step_rows
 from mhpo_vl.study.plan import Plan
 from mhpo_vl.study.runner import run_state

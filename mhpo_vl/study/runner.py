@@ -40,7 +40,7 @@ class StudyResult:
 
 
 def run_state(run_dir: Path) -> str:
-    from mhpo_vl.checkpoint import CheckpointManager
+    from mhpo_vl.runs.checkpoints import CheckpointManager
 
     if (run_dir / "summary.json").is_file():
         return "done"

@@ -18,16 +18,14 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from mhpo_vl.atomic_io import fsync_dir, write_durably, write_synced
+from mhpo_vl.runs.atomic_io import fsync_dir, write_durably, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +39,6 @@ class CheckpointError(ValueError):
 
 class DiskFullError(OSError):
     """ENOSPC, whichever writer hit it (torch's C++ writer reports a full disk without an errno)."""
-
-
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
 
 
 # ------------------------------------------------------------------------------- files on disk -------------

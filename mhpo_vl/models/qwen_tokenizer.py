@@ -28,7 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mhpo_vl.tiny_model import QWEN_PRETOKENIZE_REGEX, QWEN_VL_CHAT_TEMPLATE, build_once
+from mhpo_vl.models.build_cache import build_once
+from mhpo_vl.models.qwen_chat import QWEN_PRETOKENIZE_REGEX, QWEN_VL_CHAT_TEMPLATE
 
 # dashscope==2.0.2's dashscope/resources/qwen.tiktoken; another file is an error (ids would silently differ).
 RANK_FILE_PACKAGE = "dashscope"

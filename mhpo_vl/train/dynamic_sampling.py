@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from mhpo_vl.rollout_records import Group
+from mhpo_vl.train.records import Group
 
 
 @dataclass

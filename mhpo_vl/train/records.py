@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from mhpo_vl.micro_batches import RowSize
+from mhpo_vl.train.micro_batches import RowSize
 from mhpo_vl.types import Completion, EncodedPrompt, Sample
 
 

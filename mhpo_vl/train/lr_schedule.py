@@ -9,12 +9,11 @@ the same code drives plain torch and DeepSpeed (whose ZeRO optimisers step with 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:  # config.py validates lr_schedule against SCHEDULES, so this module must not import it at runtime
-    from mhpo_vl.config import OptimConfig, TrainerConfig
+from mhpo_vl.config.schema import LR_SCHEDULES, OptimConfig, TrainerConfig
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = LR_SCHEDULES  # the names config.py checks `optim.lr_schedule` against; lr_at implements each
 
 
 def updates_per_step(t: TrainerConfig) -> int:
@@ -45,3 +44,12 @@ def lr_at(update_index: int, optim: OptimConfig, total: int) -> float:
     progress = 1.0 if decay_updates <= 0 else min(1.0, (update_index - w) / decay_updates)
     floor = optim.min_lr_ratio * optim.lr
     return floor + (optim.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def apply_optimizer_settings(optimizer: Any, optim: OptimConfig) -> None:
+    """Set the configured hyperparameters on every param group. Loading an optimiser's state brings back the
+    param groups of the run that saved it (lr included); the config in force now must win."""
+    for group in optimizer.param_groups:
+        group.update(lr=optim.lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas), eps=optim.eps)
+        if "initial_lr" in group:  # a torch LR scheduler's base value
+            group["initial_lr"] = optim.lr

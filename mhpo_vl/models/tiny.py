@@ -2,7 +2,7 @@
 
 ``build_tiny_vl_model`` writes a Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``),
 ``build_tiny_text_model`` a Qwen2 causal LM. The tokenizer is chosen by the ``vocab`` option:
-- ``"qwen"`` (default): the real Qwen2.5-VL tokenizer (151,665 entries, see mhpo_vl.qwen_tokenizer), embedding rows
+- ``"qwen"`` (default): the real Qwen2.5-VL tokenizer (151,665 entries, see mhpo_vl.models.qwen_tokenizer), embedding rows
   151,936 as in Qwen2.5-VL-3B. Real token counts, real chat-template tokens, spare embedding rows like the real model.
 - ``"small"``: a ~2k-token Qwen2-style byte-level BPE trained here on a corpus generated in code (math, geometry,
   LaTeX, English filler), so math answers tokenize sensibly; embedding rows = its size. The lm_head over 151,936 rows
@@ -21,52 +21,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-# The Qwen2 pre-tokenizer split (same regex as transformers' Qwen2Tokenizer).
-QWEN_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+from mhpo_vl.models.build_cache import build_once
+from mhpo_vl.models.qwen_chat import (QWEN_PRETOKENIZE_REGEX, QWEN_SPECIAL_TOKENS, QWEN_THINK_TOKENS,
+                                      QWEN_VL_CHAT_TEMPLATE)
 
-# Qwen2/2.5-VL special tokens in Qwen's order (they follow the BPE vocabulary, as in the real tokenizer).
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-# Added but not special (as in Qwen3): they survive skip_special_tokens when decoding, like real reasoning output.
-QWEN_THINK_TOKENS = ["<think>", "</think>"]
+__all__ = ["QWEN_PRETOKENIZE_REGEX", "QWEN_SPECIAL_TOKENS", "QWEN_THINK_TOKENS", "QWEN_VL_CHAT_TEMPLATE", "TinySizes",
+           "build_once", "build_tiny_text_model", "build_tiny_vl_model", "builder_version", "cached_tiny_model",
+           "save_vl_processor", "vl_processor"]
 
-# Qwen2.5-VL-Instruct's chat template (text-only messages render exactly like Qwen2.5-Instruct's).
-QWEN_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# Image processor: patch 14 x merge 2 = 28-pixel cells; 4..16 visual tokens per image keeps prompts short.
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
@@ -244,7 +206,7 @@ def build_small_tokenizer(vocab_target: int = 2048):
 def build_tokenizer(sizes: TinySizes):
     """The tokenizer ``sizes.vocab`` names, and the number of embedding rows the model gets for it."""
     if sizes.vocab == "qwen":
-        from mhpo_vl.qwen_tokenizer import QWEN_VL_3B_VOCAB_ROWS, load_qwen_tokenizer
+        from mhpo_vl.models.qwen_tokenizer import QWEN_VL_3B_VOCAB_ROWS, load_qwen_tokenizer
 
         # Padded like Qwen2.5-VL-3B (151,665 tokens in 151,936 rows): the 271 spare ids exist in the model and in
         # vLLM but not in the tokenizer, as with the real checkpoints. Random weights sample them about 0.2% of the
@@ -383,27 +345,7 @@ def builder_version() -> str:
     import hashlib
 
     here = Path(__file__).parent
-    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tiny_model.py", "qwen_tokenizer.py", "qwen_shapes.py"))).hexdigest()[:16]
-
-
-def build_once(target: str | Path, build: Callable[[Path], Any], done_file: str = "config.json") -> Path:
-    """`target`, built by `build(folder)` into a temporary folder beside it and renamed into place unless it is
-    already there (holds `done_file`), so an interrupted or concurrent build never leaves half a folder (the first
-    rename wins)."""
-    import shutil
-    import tempfile
-
-    target = Path(target)
-    if (target / done_file).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    build(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tiny.py", "qwen_chat.py", "build_cache.py", "qwen_tokenizer.py", "qwen_shapes.py"))).hexdigest()[:16]
 
 
 def cached_tiny_model(kind: str, cache_root: str | Path, **size_overrides: Any) -> Path:

@@ -5,36 +5,36 @@
 
 Rollouts come from a colocated sampler (vLLM by default), rewards from the same grader evaluation uses, the update
 from `mhpo_vl.losses` on the language model only (vision tower frozen). One process or many (accelerate + DeepSpeed).
-`build_trainer(cfg)` makes every part from the config, or takes the ones it is given (tests pass fakes); the run
-around the steps (fit, checkpoints, resume, summary) is mhpo_vl.run_lifecycle.
+The trainer is given its parts (mhpo_vl.train.parts.build_trainer makes them from the config); what a checkpoint
+restores is its `TrainState` (mhpo_vl.train.state); saving and restoring is mhpo_vl.train.checkpointing.
 """
 from __future__ import annotations
 
-import random
+import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 
-from mhpo_vl import console, run_lifecycle
-from mhpo_vl.checkpoint import CheckpointManager
-from mhpo_vl.config import RunConfig, config_to_dict
-from mhpo_vl.data_order import PromptOrder
-from mhpo_vl.dynamic_sampling import dynamic_sample
-from mhpo_vl.policy_logprobs import PolicyLogprobs, compute_old_logprobs
-from mhpo_vl.policy_update import NonfiniteUpdates, PolicyUpdate, TrainingDivergedError
-from mhpo_vl.rollout_records import OldLogprobs, Rollouts, ScoredRollouts, UpdateStats
-from mhpo_vl.run_dir import RunDirectory, release_run_dir_on_error
-from mhpo_vl.run_logging import metrics_writer
-from mhpo_vl.trainer_parts import (load_datasets, load_policy_for, load_reference, local_minibatch_rows, make_encoder,
-                                   make_loss, make_reward, make_runtime, make_sampler, prepare_policy)
+from mhpo_vl.config import RunConfig
+from mhpo_vl.rollout.sampling import SamplingConfig
+from mhpo_vl.runs import console
+from mhpo_vl.runs.atomic_io import write_durably
+from mhpo_vl.runs.run_dir import release_run_dir_on_error
+from mhpo_vl.train import checkpointing
+from mhpo_vl.train.advantages import count_zero_variance_groups, group_advantages
+from mhpo_vl.train.data_order import PromptOrder
+from mhpo_vl.train.dynamic_sampling import dynamic_sample
+from mhpo_vl.train.interfaces import Closeable, RewardFn, TrainerParts
+from mhpo_vl.train.logprobs import PolicyLogprobs, compute_old_logprobs
+from mhpo_vl.train.records import OldLogprobs, Rollouts, ScoredRollouts, UpdateStats
+from mhpo_vl.train.state import TrainState
+from mhpo_vl.train.update import NonfiniteUpdates, PolicyUpdate, local_minibatch_rows
 from mhpo_vl.types import EncodedPrompt, Sample
 
-__all__ = ["Trainer", "TrainerParts", "build_trainer", "Rollouts", "ScoredRollouts", "TrainingDivergedError"]
+__all__ = ["Trainer"]
 
 
 class PhaseTimer:
@@ -42,58 +42,21 @@ class PhaseTimer:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, phase: str):
+    def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_model_path(cfg: RunConfig, cache_root: Path) -> str:
-    """`tiny:vl` / `tiny:text` -> a tiny random model built offline (cached by builder version and sizes);
-    anything else (a hub name or a local folder) as given."""
-    name = cfg.model.name_or_path
-    if not name.startswith("tiny:"):
-        return name
-    from mhpo_vl.tiny_model import cached_tiny_model
-
-    return str(cached_tiny_model(name.split(":", 1)[1], cache_root, **cfg.model.tiny_overrides))
-
-
-@dataclass
-class TrainerParts:
-    """What a Trainer is made of; `build_trainer` makes each from the config unless it is given one."""
-
-    rt: Any  # mhpo_vl.distributed.Runtime
-    run_dir: RunDirectory  # opened (locked) by build_trainer
-    resume_from: Path | None
-    policy: Any  # LoadedPolicy-like: .model, .processor, .tokenizer
-    model: Any  # the policy's model and its optimiser as rt.prepare returned them
-    optimizer: Any
-    ref_model: Any  # None without a KL term
-    encoder: Any  # .encode(samples) -> list[EncodedPrompt]
-    train_samples: list[Sample]
-    val_samples: list[Sample]
-    loss_fn: Any  # mhpo_vl.losses.PolicyLoss-like
-    reward_fn: Any  # (samples, texts, truncated=) -> RewardOutput
-    sampler: Any  # .generate / .load_weights / .sleep / .wake_up / .close
-    writer: Any  # MetricsWriter
 
 
 class _RewardVerdicts:
     """The reward function as a grader (``grade(samples, responses) -> verdicts``): validation grades exactly as the
     training reward does, with whatever reward function the trainer was given."""
 
-    def __init__(self, reward_fn):
+    def __init__(self, reward_fn: RewardFn):
         self.reward_fn = reward_fn
 
-    def grade(self, samples, responses):
-        return self.reward_fn(samples, responses).verdicts
+    def grade(self, samples: list[Sample], responses: list[str]) -> list[Any]:
+        return list(self.reward_fn(samples, responses).verdicts)
 
 
 class Trainer:
@@ -108,31 +71,38 @@ class Trainer:
                                                                    parts.writer)
         self.out = Path(t.output_dir)
         self.group_size = cfg.rollout.n
-        self.order = PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,
-                                 shuffle=cfg.data.shuffle)
-        self.scorer = PolicyLogprobs(self.rt, self.policy.tokenizer, chunk_size=t.logprob_chunk_size,
-                                     temperature=cfg.rollout.temperature)
-        self.policy_update = PolicyUpdate(cfg, self.rt, self.scorer, self.loss_fn,
+        self.state = TrainState(order=PromptOrder(len(self.train_samples), t.rollout_batch_size, seed=cfg.data.seed,
+                                                  shuffle=cfg.data.shuffle),
+                                nonfinite=NonfiniteUpdates(t.max_consecutive_nonfinite))
+        self.logprobs = PolicyLogprobs(self.rt, self.policy.tokenizer, chunk_size=t.logprob_chunk_size,
+                                       temperature=cfg.rollout.temperature)
+        self.policy_update = PolicyUpdate(cfg, self.rt, self.logprobs, self.loss_fn,
                                           local_minibatch_rows(cfg, self.rt.world_size))
-        self.nonfinite = NonfiniteUpdates(t.max_consecutive_nonfinite)
-        self.step_idx = 0
-        self.val_history: list[dict[str, Any]] = []
-        self.summary_extra: dict[str, Any] = {}
-        self.resumed_from: str | None = None
-        self.wall_seconds_before = 0.0  # earlier segments of this run (up to the checkpoint resumed from)
-        self.fit_started: float | None = None
+        self._val_prompts: list[EncodedPrompt] | None = None
         if parts.resume_from:
-            run_lifecycle.restore(self, parts.resume_from)
-            console.line(f"resuming from {parts.resume_from} (step {self.step_idx} of {t.total_steps})")
+            checkpointing.restore(parts.resume_from, self.state, self.rt, self.optimizer, cfg.optim)
+            self.writer.truncate_after(self.state.step)
+            console.line(f"resuming from {parts.resume_from} (step {self.state.step} of {t.total_steps})")
+
+    # The state's fields most callers ask for, by their names in the loop.
+    @property
+    def step_idx(self) -> int:
+        return self.state.step
+
+    @property
+    def nonfinite(self) -> NonfiniteUpdates:
+        return self.state.nonfinite
+
+    @property
+    def resumed_from(self) -> str | None:
+        return self.state.resumed_from
 
     # ------------------------------------------------------------------------------------------- the step ----
-    def train_sampling(self):
-        from mhpo_vl.rollout.sampling import SamplingConfig
-
+    def train_sampling(self) -> SamplingConfig:
         r = self.cfg.rollout
         # A seed per (step, rank) makes a resumed run draw the same samples as the uninterrupted one.
         return SamplingConfig(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                              seed=self.cfg.trainer.seed * 100_003 + self.step_idx * 97 + self.rt.rank)
+                              seed=self.cfg.trainer.seed * 100_003 + self.state.step * 97 + self.rt.rank)
 
     def step(self) -> dict[str, Any]:
         timer = PhaseTimer()
@@ -143,9 +113,9 @@ class Trainer:
             self.sampler.wake_up()
             rollouts = self.generate(prompts)
         with timer("reward"):
-            scored = self.score(rollouts)
+            rewarded = self.reward(rollouts)
         with timer("advantages"):
-            batch = self.compute_advantages(scored)
+            batch = self.compute_advantages(rewarded)
         group_metrics = group_counts(batch)
         if self.cfg.algorithm.dynamic_sampling:
             with timer("dynamic_sampling"):
@@ -159,11 +129,11 @@ class Trainer:
         with timer("weight_sync"):
             self.sampler.wake_up()  # weights go into an awake engine (sleep mode offloads them on GPU)
             self.sync_weights()
-        self.step_idx += 1
+        self.state.step += 1
         return self.step_metrics(batch, old, {**group_metrics, **stats.metrics}, timer, time.perf_counter() - start)
 
     def next_prompts(self) -> list[Sample]:
-        indices = self.order.next_batch()
+        indices = self.state.order.next_batch()
         mine = indices[self.rt.rank :: self.rt.world_size]
         return [self.train_samples[i] for i in mine]
 
@@ -177,28 +147,26 @@ class Trainer:
             rows_c.extend(group)
         return Rollouts(rows_p, rows_c, self.group_size)
 
-    def score(self, rollouts: Rollouts) -> ScoredRollouts:
+    def reward(self, rollouts: Rollouts) -> ScoredRollouts:
         out = self.reward_fn(rollouts.samples, [c.text for c in rollouts.completions],
                              truncated=[c.finish_reason == "length" for c in rollouts.completions])
         return ScoredRollouts(rollouts, torch.tensor(out.rewards, dtype=torch.float32),
                               torch.tensor([float(v.correct) for v in out.verdicts]),
                               torch.tensor([float(v.format_ok) for v in out.verdicts]))
 
-    def compute_advantages(self, scored: ScoredRollouts) -> ScoredRollouts:
-        from mhpo_vl.advantages import group_advantages
-
+    def compute_advantages(self, rewarded: ScoredRollouts) -> ScoredRollouts:
         a = self.cfg.algorithm
-        rewards_BK = scored.rewards_N.view(-1, scored.group_size)
-        return scored.with_advantages(group_advantages(rewards_BK, std_normalize=a.adv_std_normalize, eps=a.adv_eps,
-                                                       unbiased_std=a.adv_unbiased_std).reshape(-1))
+        rewards_BK = rewarded.rewards_N.view(-1, rewarded.group_size)
+        return rewarded.with_advantages(group_advantages(rewards_BK, std_normalize=a.adv_std_normalize,
+                                                         eps=a.adv_eps, unbiased_std=a.adv_unbiased_std).reshape(-1))
 
     def refill_dynamic(self, batch: ScoredRollouts) -> tuple[ScoredRollouts, dict[str, float]]:
-        """DAPO dynamic sampling (mhpo_vl.dynamic_sampling) with this trainer's sampler, reward and prompt order."""
+        """DAPO dynamic sampling (mhpo_vl.train.dynamic_sampling) with this trainer's sampler, reward and order."""
         def draw_more(needed: bool) -> list:
             samples = self.next_prompts()  # every rank draws each round's share, so the order stays in step
             if not needed:
                 return []
-            return self.compute_advantages(self.score(self.generate(self.encoder.encode(samples)))).groups()
+            return self.compute_advantages(self.reward(self.generate(self.encoder.encode(samples)))).groups()
 
         result = dynamic_sample(batch.groups(), want=len(batch) // batch.group_size,
                                 max_rounds=self.cfg.algorithm.max_refill_rounds, draw_more=draw_more,
@@ -207,11 +175,12 @@ class Trainer:
 
     def compute_old_logprobs(self, rollouts: Rollouts) -> OldLogprobs:
         t = self.cfg.trainer
-        return compute_old_logprobs(self.scorer, rollouts, micro_batch_size=t.logprob_micro_batch_size,
-                                    max_tokens=t.logprob_max_tokens_per_micro_batch, ref_model=self.ref_model, use_sampler_logprobs=self.cfg.rollout.use_sampler_logprobs)
+        return compute_old_logprobs(self.logprobs, rollouts, micro_batch_size=t.logprob_micro_batch_size,
+                                    max_tokens=t.logprob_max_tokens_per_micro_batch, ref_model=self.ref_model,
+                                    use_sampler_logprobs=self.cfg.rollout.use_sampler_logprobs)
 
     def update(self, batch: ScoredRollouts, old: OldLogprobs) -> UpdateStats:
-        return self.policy_update(batch, old, step=self.step_idx, nonfinite=self.nonfinite,
+        return self.policy_update(batch, old, step=self.state.step, nonfinite=self.state.nonfinite,
                                   latest_checkpoint=self.ckpt.latest)
 
     # -------------------------------------------------------------------------------------- weight sync -----
@@ -229,10 +198,9 @@ class Trainer:
         the evaluation pipeline `mhpo-vl eval` uses (mhpo_vl.evaluation.run_validation), graded by the reward's
         grader."""
         from mhpo_vl.evaluation import run_validation
-        from mhpo_vl.rollout.sampling import SamplingConfig
 
         r = self.cfg.rollout
-        if not hasattr(self, "_val_prompts"):
+        if self._val_prompts is None:
             self._val_prompts = self.encoder.encode(self.val_samples[self.rt.rank :: self.rt.world_size])
         config = SamplingConfig(n=r.val_n, temperature=r.val_temperature, top_p=r.val_top_p,
                                 max_tokens=r.max_tokens, seed=self.cfg.trainer.seed * 31 + 17)
@@ -240,9 +208,20 @@ class Trainer:
         return run_validation(self.sampler, self._val_prompts, config, _RewardVerdicts(self.reward_fn),
                               all_reduce_sum=self.rt.all_reduce_sum)
 
+    def log_validation(self, val: dict[str, float], *, tag: str | None = None, write: bool = True) -> float:
+        record = {"step": self.state.step, "accuracy": val["val/accuracy"], **({"tag": tag} if tag else {})}
+        if tag is None:
+            self.state.val_history.append(record)
+        if write and self.rt.is_main:
+            self.writer.write(self.state.step, {**val, **({"val/tag": tag} if tag else {})})
+        when = tag.replace("_", " ").replace("warmstart", "warm-start") if tag else f"at step {self.state.step}"
+        console.line(f"validation {when}: accuracy {val['val/accuracy']:.3f}, format {val['val/format_rate']:.3f} "
+                     f"(Avg@{self.cfg.rollout.val_n} over {val['val/num_answers']:.0f} answers)")
+        return val["val/accuracy"]
+
     # ------------------------------------------------------------------------------------------- metrics ----
-    def step_metrics(self, batch: ScoredRollouts, old: OldLogprobs, phase_metrics: dict, timer: PhaseTimer,
-                     seconds: float) -> dict:
+    def step_metrics(self, batch: ScoredRollouts, old: OldLogprobs, phase_metrics: dict[str, float],
+                     timer: PhaseTimer, seconds: float) -> dict[str, Any]:
         rollouts = batch.rollouts
         lengths = torch.tensor([len(c.token_ids) for c in rollouts.completions], dtype=torch.float32)
         prompt_tokens = sum(len(p.prompt_token_ids) for p in rollouts.prompts)
@@ -261,62 +240,74 @@ class Trainer:
             "throughput/tokens_per_s": (len_sum + p_tok) / seconds,
             "throughput/generated_tokens_per_s": len_sum / max(timer.seconds.get("rollout", seconds), 1e-9),
             "throughput/padding_fraction_logprob": old.padding_fraction,
-            "updates/nonfinite_total": float(self.nonfinite.total),
+            "updates/nonfinite_total": float(self.state.nonfinite.total),
         }
 
     # ------------------------------------------------------------------------------------------------ run ---
     @release_run_dir_on_error  # Ctrl-C or a failure: the next run in this process may take the directory
     def fit(self) -> dict[str, Any]:
-        return run_lifecycle.fit(self)
+        """Warm-start and first validation (a fresh run), the steps with their validations and checkpoints, the
+        summary (`summary.json`), closing down."""
+        t = self.cfg.trainer
+        self.state.fit_started = time.perf_counter()
+        if self.state.resumed_from is None:
+            self.before_rl()
+        bar = console.progress(total=t.total_steps, initial=self.state.step, desc="RL", unit="step")
+        try:
+            while self.state.step < t.total_steps:
+                metrics = self.step()
+                last_val = None  # a checkpoint is credited only with a validation of its own step
+                if t.val_every > 0 and (self.state.step % t.val_every == 0 or self.state.step == t.total_steps):
+                    val = self.validate()
+                    metrics.update(val)
+                    last_val = self.log_validation(val, write=False)
+                self.writer.write(self.state.step, metrics)
+                bar.update(1)
+                history = self.state.val_history
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['reward/accuracy']:.3f}",
+                                val=f"{history[-1]['accuracy']:.3f}" if history else "-",
+                                tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
+                if t.save_every > 0 and (self.state.step % t.save_every == 0 or self.state.step == t.total_steps):
+                    self.save_checkpoint(last_val)
+        finally:
+            bar.close()
+        result = self.state.summary(loss=self.cfg.algorithm.loss)
+        if self.rt.is_main:
+            write_durably(self.out / "summary.json", json.dumps(result, indent=1))
+        self.close()
+        return result
+
+    def before_rl(self) -> None:
+        """A fresh run: the optional supervised warm-start (validated before it) and the validation RL starts from."""
+        ws_cfg = self.cfg.warmstart
+        if ws_cfg.steps > 0:
+            from mhpo_vl.train.warmstart import run_warmstart
+
+            before = self.validate()
+            self.state.summary_extra["val_accuracy_before_warmstart"] = before["val/accuracy"]
+            self.log_validation(before, tag="before_warmstart")
+            ws = run_warmstart(self.rt.unwrapped(), self.policy.tokenizer, self.encoder, self.train_samples,
+                               ws_cfg, device=self.rt.device, seed=self.cfg.trainer.seed,
+                               chunk_size=self.cfg.trainer.logprob_chunk_size)
+            self.state.summary_extra.update(ws)
+            console.line(f"warm-start done: {ws['warmstart_steps']} steps in {ws['warmstart_seconds']:.0f} s, "
+                         f"final loss {ws['warmstart_final_loss']:.3f}")
+            self.sync_weights()
+        if self.cfg.trainer.val_before_train:
+            self.log_validation(self.validate())
 
     def save_checkpoint(self, val_accuracy: float | None) -> None:
-        run_lifecycle.save_checkpoint(self, val_accuracy)
+        checkpointing.save(self.ckpt, self.state, self.rt, self.policy.processor, val_accuracy)
 
     def close(self) -> None:
         self.writer.close()
-        grader = getattr(self.reward_fn, "grader", None)
-        if grader is not None:
-            grader.close()
+        if isinstance(self.reward_fn, Closeable):  # the built-in reward holds a grader pool
+            self.reward_fn.close()
         self.sampler.close()
         self.run_dir.release()
 
 
 def group_counts(batch: ScoredRollouts) -> dict[str, float]:
-    from mhpo_vl.advantages import count_zero_variance_groups
-
     rewards_BK = batch.rewards_N.view(-1, batch.group_size)
     return {"groups/zero_variance": float(count_zero_variance_groups(rewards_BK)),
             "groups/count": float(rewards_BK.shape[0])}
-
-
-
-# ------------------------------------------------------------------------------------------------ build ---
-def build_trainer(cfg: RunConfig, *, cache_dir: str | Path = ".cache", runtime: Any = None, policy: Any = None,
-                  encoder: Any = None, datasets: tuple[list[Sample], list[Sample]] | None = None,
-                  loss_fn: Any = None, reward_fn: Any = None, sampler: Any = None) -> Trainer:
-    """A Trainer with each part made from `cfg`, except the parts given. The run directory is opened first
-    (locked, checked against the run's config, config.yaml written; the checkpoint to resume from found); a
-    failure after that lets go of it, so another start in this process may take it."""
-    t = cfg.trainer
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
-    Path(t.output_dir).mkdir(parents=True, exist_ok=True)
-    seed_everything(t.seed)
-    rt = runtime or make_runtime(cfg)
-    model_path = resolve_model_path(cfg, Path(cache_dir) / "tiny_models")
-    run_dir = RunDirectory(cfg, CheckpointManager(Path(t.output_dir), keep_last=t.keep_last))
-    resume_from = run_dir.open(is_main=rt.is_main, share=rt.all_gather_objects)
-    try:
-        load_from = str(resume_from) if resume_from else model_path
-        policy = policy or load_policy_for(cfg, rt, load_from)
-        model, optimizer = prepare_policy(cfg, rt, policy)
-        encoder = encoder or make_encoder(cfg, policy)
-        train, val = datasets or load_datasets(cfg, encoder)  # every prompt checked
-        parts = TrainerParts(rt, run_dir, resume_from, policy, model, optimizer, load_reference(cfg, rt, model_path),
-                             encoder, train, val, loss_fn or make_loss(cfg), reward_fn or make_reward(cfg),
-                             sampler or make_sampler(cfg, rt, policy, load_from),
-                             metrics_writer(t, enabled=rt.is_main, run_config=config_to_dict(cfg)))
-        return Trainer(cfg, parts)
-    except BaseException:
-        run_dir.release()
-        raise

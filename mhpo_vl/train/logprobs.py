@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from mhpo_vl.micro_batches import PaddingCount, plan_micro_batches
-from mhpo_vl.rollout_records import OldLogprobs, Rollouts
+from mhpo_vl.train.micro_batches import PaddingCount, plan_micro_batches
+from mhpo_vl.train.records import OldLogprobs, Rollouts
 from mhpo_vl.types import Completion, SequenceBatch
 
 
@@ -15,7 +15,7 @@ class PolicyLogprobs:
     """Rows of `Rollouts` -> SequenceBatch -> per-token logprobs, through the runtime (DeepSpeed's engine sees it)."""
 
     def __init__(self, rt, tokenizer, *, chunk_size: int, temperature: float):
-        from mhpo_vl.model import vision_token_ids
+        from mhpo_vl.models.policy import vision_token_ids
 
         self.rt = rt
         self.pad_token_id = tokenizer.pad_token_id
@@ -33,7 +33,7 @@ class PolicyLogprobs:
     def of(self, model, batch: SequenceBatch, *, with_entropy: bool = False):
         """Logprobs of the distribution the sampler drew from: temperature applied and the vision tokens banned,
         as vLLM's processed logprobs are, so on-policy ratios are 1 up to float error."""
-        from mhpo_vl.model import per_token_logprobs
+        from mhpo_vl.models.policy import per_token_logprobs
 
         return per_token_logprobs(model, batch, chunk_size=self.chunk_size, with_entropy=with_entropy,
                                   temperature=self.temperature, suppressed_token_ids=self.banned_ids)
@@ -43,28 +43,28 @@ class PolicyLogprobs:
 
 
 @torch.no_grad()
-def compute_old_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, *, micro_batch_size: int,
+def compute_old_logprobs(policy_logprobs: PolicyLogprobs, rollouts: Rollouts, *, micro_batch_size: int,
                          max_tokens: int | None = None, ref_model: Any = None,
                          use_sampler_logprobs: bool = False) -> OldLogprobs:
     """Old logprobs are recomputed by the trainer (default): the same numerics as the update, so on the first
     minibatch the ratio is exactly 1. With `use_sampler_logprobs` the sampler's values are used. Micro-batches:
-    ``micro_batch_size`` rows each, or a token budget (``max_tokens``, mhpo_vl.micro_batches)."""
-    model = scorer.rt.unwrapped()
+    ``micro_batch_size`` rows each, or a token budget (``max_tokens``, mhpo_vl.train.micro_batches)."""
+    model = policy_logprobs.rt.unwrapped()
     was_training = model.training
     model.eval()
     try:
         groups = plan_micro_batches(range(len(rollouts)), rollouts.row_sizes(), rows_per_micro=micro_batch_size,
-                                    max_tokens=max_tokens, agree_count=scorer.rt.max_over_ranks)
-        old, ref, entropy_mean, padding = _trainer_logprobs(scorer, rollouts, groups, ref_model)
+                                    max_tokens=max_tokens, agree_count=policy_logprobs.rt.max_over_ranks)
+        old, ref, entropy_mean, padding = _trainer_logprobs(policy_logprobs, rollouts, groups, ref_model)
     finally:
         model.train(was_training)
-    diff_mean, diff_max = sampler_logprob_gap(scorer.rt, rollouts.completions, old)
+    diff_mean, diff_max = sampler_logprob_gap(policy_logprobs.rt, rollouts.completions, old)
     if use_sampler_logprobs:
         old = sampler_logprobs(rollouts.completions)
     return OldLogprobs(old, ref, entropy_mean, diff_mean, diff_max, padding)
 
 
-def _trainer_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, groups: list[list[int]], ref_model: Any):
+def _trainer_logprobs(policy_logprobs: PolicyLogprobs, rollouts: Rollouts, groups: list[list[int]], ref_model: Any):
     """([N] of [T_i] policy logprobs in row order, the same of the reference model or None, mean entropy over all
     ranks, this pass's padding fraction)."""
     n = len(rollouts)
@@ -72,22 +72,22 @@ def _trainer_logprobs(scorer: PolicyLogprobs, rollouts: Rollouts, groups: list[l
     ref: list[torch.Tensor | None] = [None] * n
     sizes = rollouts.row_sizes()
     padding = PaddingCount()
-    ent_sum = torch.zeros((), dtype=torch.float64, device=scorer.rt.device)
-    ent_count = torch.zeros((), dtype=torch.float64, device=scorer.rt.device)
+    ent_sum = torch.zeros((), dtype=torch.float64, device=policy_logprobs.rt.device)
+    ent_count = torch.zeros((), dtype=torch.float64, device=policy_logprobs.rt.device)
     for rows in groups:
         padding.add(sizes, rows)
-        batch = scorer.batch(rollouts, rows)
-        lp_NT, ent_NT = scorer.forward(batch, with_entropy=True)
+        batch = policy_logprobs.batch(rollouts, rows)
+        lp_NT, ent_NT = policy_logprobs.forward(batch, with_entropy=True)
         mask = batch.response_mask_NT
         ent_sum += (ent_NT * mask).sum().double()
         ent_count += mask.sum().double()
-        ref_NT = scorer.of(ref_model, batch)[0] if ref_model is not None else None
+        ref_NT = policy_logprobs.of(ref_model, batch)[0] if ref_model is not None else None
         for j, i in enumerate(rows):
             t_i = sizes[i].response
             old[i] = lp_NT[j, :t_i].float().cpu()
             if ref_NT is not None:
                 ref[i] = ref_NT[j, :t_i].float().cpu()
-    ent_sum, ent_count = scorer.rt.all_reduce_sum([ent_sum.item(), ent_count.item()])  # over every rank's tokens
+    ent_sum, ent_count = policy_logprobs.rt.all_reduce_sum([ent_sum.item(), ent_count.item()])  # over every rank's tokens
     return old, (ref if ref_model is not None else None), ent_sum / max(ent_count, 1.0), padding.fraction
 
 

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from mhpo_vl.distributed import launcher_rank
+
 LOG_TAIL_LINES = 25  # log lines shown when a run fails
 _HEADER = "==== mhpo-vl"  # starts the log's part of each process that captures into it
 
@@ -30,13 +32,13 @@ _terminal: TextIO | None = None  # the saved terminal while output is captured; 
 
 def log_path(output_dir: str | Path, name: str) -> Path:
     """`<output_dir>/logs/<name>.log`; other ranks of a multi-process run write `<name>.rank<R>.log`."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launcher_rank()
     return Path(output_dir) / "logs" / (f"{name}.log" if rank == 0 else f"{name}.rank{rank}.log")
 
 
 def is_main_process() -> bool:
     """torchrun/accelerate set RANK in every process; a plain `mhpo-vl train` has none."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return launcher_rank() == 0
 
 
 def terminal() -> TextIO:

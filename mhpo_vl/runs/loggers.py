@@ -11,30 +11,15 @@ import math
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-if TYPE_CHECKING:
-    from mhpo_vl.config import TrainerConfig
+from mhpo_vl.config.schema import DEFAULT_LOGGERS, LOGGERS, TrainerConfig
+from mhpo_vl.config.schema import check_logger_names as check_loggers
+
+__all__ = ["DEFAULT_LOGGERS", "LOGGERS", "MetricsWriter", "WandbLogger", "check_loggers", "metrics_writer",
+           "read_metrics"]
 
 log = logging.getLogger(__name__)
-
-
-LOGGERS = ("jsonl", "tensorboard", "wandb")
-DEFAULT_LOGGERS = ("jsonl", "tensorboard")
-
-
-def check_loggers(loggers: Sequence[str]) -> list[str]:
-    """The logger names, checked: known, no repeats, jsonl among them (resume, `plot` and `study` read
-    metrics.jsonl). Raises ValueError naming the problem."""
-    names = list(loggers)
-    unknown = [n for n in names if n not in LOGGERS]
-    if unknown:
-        raise ValueError(f"unknown logger(s) {', '.join(map(repr, unknown))}; valid: {', '.join(LOGGERS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"a logger is listed twice: {names}")
-    if "jsonl" not in names:
-        raise ValueError(f"jsonl must be among the loggers (resume, plot and study read metrics.jsonl), got {names}")
-    return names
 
 
 def metrics_writer(t: TrainerConfig, *, enabled: bool = True, run_config: dict[str, Any] | None = None) -> "MetricsWriter":

@@ -8,7 +8,7 @@ mixed with another run's files.
 * Binding: a rerun in a directory that holds a run compares its resolved config with the directory's
   `config.yaml` and refuses, listing every difference, unless `trainer.allow_config_change=true`; then the
   changes are logged, recorded in `config_changes.jsonl`, and apply from the resumed step on (the restored
-  optimiser takes the new learning rate, see `apply_optimizer_settings`).
+  optimiser takes the new learning rate, see `mhpo_vl.train.lr_schedule.apply_optimizer_settings`).
 * Never mixed: `trainer.resume=false` in a used directory is refused unless `trainer.overwrite=true`, which first
   removes the old run's files (only those: other files in the directory stay). A rerun of a run that stopped before
   its first checkpoint starts again from step 0 with the earlier attempt's metrics removed.
@@ -32,7 +32,7 @@ import yaml
 from mhpo_vl.config import RunConfig, config_to_dict
 
 if TYPE_CHECKING:  # the lock is used by evaluation too, which should not pay for importing torch up front
-    from mhpo_vl.checkpoint import CheckpointManager
+    from mhpo_vl.runs.checkpoints import CheckpointManager
 
 log = logging.getLogger(__name__)
 
@@ -182,15 +182,6 @@ def _show(value: Any) -> str:
     return UNSET if value is UNSET else repr(value)
 
 
-def apply_optimizer_settings(optimizer, optim) -> None:
-    """Set the configured hyperparameters on every param group. Loading an optimiser's state brings back the
-    param groups of the run that saved it (lr included); the config in force now must win."""
-    for group in optimizer.param_groups:
-        group.update(lr=optim.lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas), eps=optim.eps)
-        if "initial_lr" in group:  # a torch LR scheduler's base value
-            group["initial_lr"] = optim.lr
-
-
 # ------------------------------------------------------------------------------------- the directory ---
 
 
@@ -227,7 +218,7 @@ class RunDirectory:
             self.lock = None
 
     def _open_main(self) -> Path | None:
-        from mhpo_vl.atomic_io import write_durably
+        from mhpo_vl.runs.atomic_io import write_durably
 
         self.lock = DirectoryLock(self.out, "training run").acquire()
         try:

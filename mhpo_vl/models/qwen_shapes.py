@@ -4,7 +4,7 @@
 (transformers' Auto classes and vLLM): the public 3B config's widths (hidden 2048, 16 query / 2 KV heads, head_dim
 128, M-RoPE sections [16, 24, 24], vocab rows 151,936 with tied embeddings; the full 32-block vision tower, 1280
 wide, window attention with full attention in blocks 7/15/23/31), the real Qwen2.5-VL tokenizer
-(mhpo_vl.qwen_tokenizer) and chat template, and an image processor at EasyR1's pixel limits. ``text_layers`` cuts the
+(mhpo_vl.models.qwen_tokenizer) and chat template, and an image processor at EasyR1's pixel limits. ``text_layers`` cuts the
 language depth (36 in the real model) so it fits a CPU; None keeps all 36 (the GPU check). Used by the real-width
 test (tests/test_real_width.py) and benchmarks/real_width_cpu.py.
 """
@@ -46,7 +46,7 @@ def build_qwen2_5_vl_3b_model(text_layers: int | None = None, dtype: str = "bflo
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from mhpo_vl.qwen_tokenizer import load_qwen_tokenizer
+    from mhpo_vl.models.qwen_tokenizer import load_qwen_tokenizer
 
     tokenizer = load_qwen_tokenizer()
     config = qwen2_5_vl_3b_config(tokenizer, text_layers)
@@ -65,7 +65,7 @@ def build_qwen2_5_vl_3b_model(text_layers: int | None = None, dtype: str = "bflo
 def build_qwen2_5_vl_3b_shape(out_dir: str | Path, text_layers: int | None = 2, dtype: str = "bfloat16",
                               seed: int = 0) -> Path:
     """Write the random-weight 3B-shaped model, tokenizer and processor (EasyR1 pixel limits) to ``out_dir``."""
-    from mhpo_vl.tiny_model import save_vl_processor
+    from mhpo_vl.models.tiny import save_vl_processor
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

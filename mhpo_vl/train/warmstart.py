@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
-from mhpo_vl import console
+from mhpo_vl.runs import console
 from mhpo_vl.config import WarmStartConfig
+from mhpo_vl.train.interfaces import Encoder
+from mhpo_vl.types import Sample
 
 
 class AnswerProbStop:
@@ -60,28 +62,29 @@ class AnswerProbStop:
         return {g: total / count for g, (total, count) in sorted(totals.items())}
 
 
-def _group_of(sample, field: str) -> str:
+def _group_of(sample: Sample, field: str) -> str:
     if field not in sample.metadata:
         raise ValueError(f"warmstart.stop_per={field!r}: training sample {sample.id!r} has no metadata field "
                          f"{field!r} (its fields: {', '.join(sorted(sample.metadata)) or 'none'})")
     return str(sample.metadata[field])
 
 
-def sft_response_text(sample, template: str) -> str:
+def sft_response_text(sample: Sample, template: str) -> str:
     return template.format(answer=sample.answer, reasoning=sample.metadata.get("solution", ""))
 
 
-def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
+def run_warmstart(model: torch.nn.Module, tokenizer: Any, encoder: Encoder, samples: list[Sample],
+                  cfg: WarmStartConfig, *, device: torch.device, seed: int, chunk_size: int) -> dict[str, Any]:
+    """SFT of `model` (the bare module, its own AdamW) on `samples`' gold responses; the summary's warm-start fields.
+    `seed`: the run's seed (the batches drawn depend on it alone); `chunk_size`: tokens per lm_head chunk."""
     from mhpo_vl.collate import collate_sequences
-    from mhpo_vl.model import per_token_logprobs
+    from mhpo_vl.models.policy import per_token_logprobs
 
-    tok = trainer.policy.tokenizer
+    tok = tokenizer
     end_id = tok.convert_tokens_to_ids("<|im_end|>")
-    model = trainer.rt.unwrapped()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(trainer.cfg.trainer.seed + 4242)
-    samples = trainer.train_samples
+    gen = torch.Generator().manual_seed(seed + 4242)
     cache: dict[int, Any] = {}
     losses = []
     stop = AnswerProbStop(cfg.stop_at_answer_prob)
@@ -91,13 +94,13 @@ def run_warmstart(trainer, cfg: WarmStartConfig) -> dict[str, Any]:
     for _ in console.progress(iterable=range(cfg.steps), desc="warm-start", unit="step"):
         idx = torch.randint(len(samples), (cfg.batch_size,), generator=gen).tolist()
         missing = [i for i in dict.fromkeys(idx) if i not in cache]
-        for i, enc in zip(missing, trainer.encoder.encode([samples[i] for i in missing])):
+        for i, enc in zip(missing, encoder.encode([samples[i] for i in missing])):
             cache[i] = enc
         prompts = [cache[i] for i in idx]
         responses = [tok.encode(sft_response_text(samples[i], cfg.response_template), add_special_tokens=False)
                      + [end_id] for i in idx]
-        batch = collate_sequences(prompts, responses, pad_token_id=tok.pad_token_id).to(trainer.rt.device)
-        logprobs_NT, _ = per_token_logprobs(model, batch, chunk_size=trainer.cfg.trainer.logprob_chunk_size)
+        batch = collate_sequences(prompts, responses, pad_token_id=tok.pad_token_id).to(device)
+        logprobs_NT, _ = per_token_logprobs(model, batch, chunk_size=chunk_size)
         mask = batch.response_mask_NT
         # P(gold response) before this step's update: the accuracy of sampling at temperature 1 on these problems.
         probs_N = (logprobs_NT.detach() * mask).sum(1).exp().tolist()

@@ -15,10 +15,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mhpo_vl.micro_batches import PaddingCount, plan_micro_batches
-from mhpo_vl.lr_schedule import lr_at, total_updates, updates_per_step
-from mhpo_vl.policy_logprobs import PolicyLogprobs
-from mhpo_vl.rollout_records import OldLogprobs, ScoredRollouts, UpdateStats
+from mhpo_vl.config import RunConfig
+from mhpo_vl.train.interfaces import LossFn, Runtime
+from mhpo_vl.train.logprobs import PolicyLogprobs
+from mhpo_vl.train.lr_schedule import lr_at, total_updates, updates_per_step
+from mhpo_vl.train.micro_batches import PaddingCount, plan_micro_batches
+from mhpo_vl.train.records import OldLogprobs, ScoredRollouts, UpdateStats
+
+
+def local_minibatch_rows(cfg: RunConfig, world: int) -> int:
+    """Rows of one optimiser update on this rank (its share of trainer.minibatch_size prompts x rollout.n)."""
+    t = cfg.trainer
+    if t.rollout_batch_size % world or t.minibatch_size % world:
+        raise ValueError(f"trainer.rollout_batch_size ({t.rollout_batch_size}) and trainer.minibatch_size "
+                         f"({t.minibatch_size}) must be multiples of the number of processes ({world})")
+    return (t.minibatch_size // world) * cfg.rollout.n
 
 
 class TrainingDivergedError(RuntimeError):
@@ -74,8 +85,9 @@ class LossMetrics:
 
 
 class PolicyUpdate:
-    def __init__(self, cfg, rt, scorer: PolicyLogprobs, loss_fn, local_minibatch_rows: int):
-        self.cfg, self.rt, self.scorer, self.loss_fn = cfg, rt, scorer, loss_fn
+    def __init__(self, cfg: RunConfig, rt: Runtime, policy_logprobs: PolicyLogprobs, loss_fn: LossFn,
+                 local_minibatch_rows: int):
+        self.cfg, self.rt, self.policy_logprobs, self.loss_fn = cfg, rt, policy_logprobs, loss_fn
         self.local_minibatch_rows = local_minibatch_rows
         self.padding = PaddingCount()  # of the current update's micro-batches
 
@@ -135,8 +147,8 @@ class PolicyUpdate:
         return total, finite
 
     def micro_loss(self, batch: ScoredRollouts, old: OldLogprobs, rows: list[int], g_tokens: float, g_seqs: float):
-        seq = self.scorer.batch(batch.rollouts, rows)
-        logprobs_NT, _ = self.scorer.forward(seq)
+        seq = self.policy_logprobs.batch(batch.rollouts, rows)
+        logprobs_NT, _ = self.policy_logprobs.forward(seq)
         T = logprobs_NT.shape[1]
         old_NT = pad_rows([old.old[i] for i in rows], T).to(logprobs_NT.device)
         ref_NT = None if old.ref is None else pad_rows([old.ref[i] for i in rows], T).to(logprobs_NT.device)

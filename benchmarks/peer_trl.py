@@ -256,10 +256,9 @@ def child_trl(args, use_vllm: bool, work: Path, result: dict) -> None:
         sys.path.insert(0, str(Path(args.trl_path).resolve()))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # what mhpo_vl's vLLM sampler sets (GiB of KV cache on CPU)
     import torch
+    import trl
     from datasets import Dataset
     from transformers import TrainerCallback
-
-    import trl
     from trl import GRPOConfig, GRPOTrainer
 
     from mhpo_vl.models.policy import load_policy, vision_token_ids

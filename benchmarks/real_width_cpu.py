@@ -44,9 +44,9 @@ def main() -> None:
     from mhpo_vl.collate import PromptEncoder, collate_sequences
     from mhpo_vl.datasets import load_dataset
     from mhpo_vl.models.policy import freeze_vision_tower, per_token_logprobs
-    from mhpo_vl.prompts import get_template
     from mhpo_vl.models.qwen_shapes import EASYR1_MAX_PIXELS, EASYR1_MIN_PIXELS, build_qwen2_5_vl_3b_model
     from mhpo_vl.models.tiny import vl_processor
+    from mhpo_vl.prompts import get_template
 
     torch.set_num_threads(args.threads)
     results: dict = {}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -64,6 +65,8 @@ class Runtime:
 
     def _deepspeed_dict(self, model: torch.nn.Module) -> dict[str, Any]:
         """The shipped JSON with the trainer-owned numbers filled in and every remaining "auto" resolved."""
+        if self.deepspeed_config is None:
+            raise ValueError("no DeepSpeed config file was given (trainer.deepspeed)")
         with open(self.deepspeed_config) as f:
             ds = json.load(f)
         ds["gradient_accumulation_steps"] = self.micro_steps_per_update
@@ -150,15 +153,17 @@ class Runtime:
             self.optimizer.zero_grad(set_to_none=True)
 
     def _sum_grads_over_ranks(self, params: list[torch.nn.Parameter]) -> None:
+        grads = []
         for p in params:  # a parameter no micro-batch reached still takes part, with zeros
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
         torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
         offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
 
     # ---- collectives ----------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import sys
 
 import torch
 
-
 # A budget of about one row (prompts ~100-130 tokens with their image, answers 5-8): micro-batches of 1-2 rows,
 # so the grouping differs from the fixed 2 rows and the ranks may need different counts (they must agree).
 TOKEN_BUDGET = 200
@@ -56,7 +55,7 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
     for update in range(2):
         # one right and one wrong answer per prompt, so advantages are +-1
         scored = _scored_rollouts(trainer, samples[rank::world],
-                                  lambda s, k: s.answer if k == 0 else str(int(s.answer) + 1 + update))
+                                  lambda s, k, update=update: s.answer if k == 0 else str(int(s.answer) + 1 + update))
         batch = trainer.compute_advantages(scored)
         old = trainer.compute_old_logprobs(batch.rollouts)
         stats = trainer.update(batch, old)

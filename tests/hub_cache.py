@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 LFS_SUFFIXES = (".safetensors", ".parquet", ".bin")
 

@@ -4,9 +4,9 @@ config: it must report a field that nothing reads, and must not credit `trainer.
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mhpo_vl.config import RunConfig
-
 from config_reads import leaf_fields, package_sources, unread_fields
+
+from mhpo_vl.config import RunConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mhpo_vl"
 

@@ -7,7 +7,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from run_helpers import REPO, RUN_ENV, small_overrides
 
 # Writes through every channel a library uses: C-level writes to fds 1 and 2, print, logging, warnings, and a child

@@ -67,7 +67,7 @@ def _assert_same_update(a: dict, b: dict) -> None:
     """Same weights after the two updates and the same minibatch losses, to float error."""
     assert a["weights"].keys() == b["weights"].keys()
     for name, w in a["weights"].items():
-        torch.testing.assert_close(w, b["weights"][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(w, b["weights"][name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
     torch.testing.assert_close(torch.tensor(a["losses"]), torch.tensor(b["losses"]), rtol=1e-4, atol=1e-6)
 
 

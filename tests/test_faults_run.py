@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from mhpo_vl.runs.checkpoints import CheckpointManager
-from mhpo_vl.config import load_config, save_config
-from mhpo_vl.runs.loggers import MetricsWriter, read_metrics
-
 from run_helpers import REPO, RUN_ENV, kill_when, small_overrides
+
+from mhpo_vl.config import load_config, save_config
+from mhpo_vl.runs.checkpoints import CheckpointManager
+from mhpo_vl.runs.loggers import MetricsWriter, read_metrics
 
 CHILD_ENV = {**RUN_ENV, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [RUN_ENV.get("PYTHONPATH")])])}
 

@@ -117,7 +117,7 @@ def test_wide_relabels_text_and_figure_consistently():
     """wide=True: random distinct letters for every point, the same in the question and the diagram's labels."""
     import random
 
-    from mhpo_vl.datasets.geosynth import POINT_LETTERS, relabel, vertical_angles, RANGES
+    from mhpo_vl.datasets.geosynth import POINT_LETTERS, RANGES, relabel, vertical_angles
 
     base = vertical_angles(random.Random(0), RANGES[0])  # "Lines AB and CD meet at O. Angle AOC = x. Find angle BOD."
     wide = relabel(base, random.Random(5))

@@ -15,7 +15,6 @@ from mhpo_vl.grading.format import format_ok
 from mhpo_vl.grading.normalize import normalize_answer
 from mhpo_vl.types import Sample
 
-
 # ----------------------------------------------------------------------------------- samples from the fixtures --
 
 

@@ -211,11 +211,11 @@ def reference_loss(name, logprobs, old, adv, mask, p, aggregation, norm_length=N
     if not rows:
         return logprobs.sum() * 0
     if aggregation == "token-mean":
-        return sum(l.sum() for l, _ in rows) / sum(t for _, t in rows)
+        return sum(lp.sum() for lp, _ in rows) / sum(t for _, t in rows)
     if aggregation == "seq-mean-token-mean":
-        return sum(l.sum() / t for l, t in rows) / len(rows)
+        return sum(lp.sum() / t for lp, t in rows) / len(rows)
     length = T if norm_length is None else norm_length
-    return sum(l.sum() / length for l, _ in rows) / len(rows)
+    return sum(lp.sum() / length for lp, _ in rows) / len(rows)
 
 
 def _defaults(name):

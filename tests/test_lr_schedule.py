@@ -4,11 +4,10 @@ import json
 import math
 
 import pytest
+from run_helpers import small_overrides
 
 from mhpo_vl.config import ConfigError, OptimConfig, TrainerConfig, load_config
 from mhpo_vl.train.lr_schedule import lr_at, total_updates, updates_per_step
-
-from run_helpers import small_overrides
 
 
 def test_updates_per_step_counts_epochs_times_minibatches():

@@ -1,8 +1,15 @@
 """Micro-batch planning (mhpo_vl.train.micro_batches): fixed rows, the token budget, the ranks' agreed count, padding."""
 import pytest
 
-from mhpo_vl.train.micro_batches import (PaddingCount, RowSize, fixed_rows, padded_tokens, plan_micro_batches,
-                                   split_to_count, token_budget)
+from mhpo_vl.train.micro_batches import (
+    PaddingCount,
+    RowSize,
+    fixed_rows,
+    padded_tokens,
+    plan_micro_batches,
+    split_to_count,
+    token_budget,
+)
 
 # prompt 10 tokens each; responses of 2, 50, 3, 48 and 1 tokens
 SIZES = [RowSize(10, 2), RowSize(10, 50), RowSize(10, 3), RowSize(10, 48), RowSize(10, 1)]

@@ -7,8 +7,15 @@ import unicodedata
 import pytest
 
 from mhpo_vl.models.qwen_tokenizer import (
-    NUM_BPE_TOKENS, QWEN_VL_ADDED_TOKENS, QWEN_VL_TOKENIZER_SIZE, RankFileError, cached_qwen_tokenizer_dir,
-    derive_merges, load_qwen_tokenizer, load_ranks, rank_file_path,
+    NUM_BPE_TOKENS,
+    QWEN_VL_ADDED_TOKENS,
+    QWEN_VL_TOKENIZER_SIZE,
+    RankFileError,
+    cached_qwen_tokenizer_dir,
+    derive_merges,
+    load_qwen_tokenizer,
+    load_ranks,
+    rank_file_path,
 )
 from mhpo_vl.models.tiny import QWEN_PRETOKENIZE_REGEX
 

@@ -60,8 +60,8 @@ def test_real_width_loop_collate_sample_update_sync(real_width_model_dir, fixtur
     from mhpo_vl.datasets import load_dataset
     from mhpo_vl.losses import build_loss
     from mhpo_vl.models.policy import load_policy
-    from mhpo_vl.prompts import get_template
     from mhpo_vl.models.qwen_shapes import EASYR1_MAX_PIXELS, EASYR1_MIN_PIXELS
+    from mhpo_vl.prompts import get_template
     from mhpo_vl.rollout import SamplingConfig, VLLMSampler
 
     started = time.perf_counter()

@@ -4,8 +4,8 @@ import json
 import torch
 
 from mhpo_vl.runs.checkpoints import CheckpointManager
-from mhpo_vl.train.data_order import PromptOrder
 from mhpo_vl.runs.loggers import MetricsWriter, read_metrics
+from mhpo_vl.train.data_order import PromptOrder
 
 
 def test_prompt_order_covers_each_epoch_once_and_resumes_exactly():
@@ -15,7 +15,8 @@ def test_prompt_order_covers_each_epoch_once_and_resumes_exactly():
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
     assert flat[:10] != flat[10:]  # reshuffled per epoch
     a = PromptOrder(10, 4, seed=3)
-    a.next_batch(); a.next_batch()
+    a.next_batch()
+    a.next_batch()
     b = PromptOrder(10, 4, seed=3)
     b.load_state_dict(a.state_dict())
     assert [a.next_batch() for _ in range(4)] == [b.next_batch() for _ in range(4)]

@@ -396,7 +396,9 @@ def test_a_tiny_study_end_to_end_then_a_rerun_skips_it(tmp_path, warm_tiny_vl_mo
         assert group["stats"]["val_accuracy_final"]["mean"] == s["val_accuracy_final"]
         assert group["stats"]["drop"]["mean"] == pytest.approx(s["val_accuracy_best"] - s["val_accuracy_final"])
     assert "| grpo_xmhpo | 1 (0) / 1 |" in (out / "summary.md").read_text()
-    from mhpo_vl.runs.machine import cpu_model  # each run's summary names the machine it ran on, and the run table shows it
+    from mhpo_vl.runs.machine import (
+        cpu_model,  # each run's summary names the machine it ran on, and the run table shows it
+    )
 
     assert summaries["mhpo"]["machine"]["cpu"] == cpu_model() and summaries["mhpo"]["machine"]["logical_cpus"] >= 1
     assert f"| {cpu_model()} |" in (out / "summary.md").read_text()

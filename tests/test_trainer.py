@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import REPO, assert_resumed_run_matches, kill_after_checkpoint, read_metrics, run_ok, small_overrides
 
 from mhpo_vl.config import load_config
-
-from run_helpers import REPO, assert_resumed_run_matches, kill_after_checkpoint, read_metrics, run_ok, small_overrides
 
 
 @pytest.mark.slow
@@ -34,7 +33,7 @@ def test_rl_steps_freeze_vision_update_lm_and_write_run_files(tmp_path, warm_tin
     unchanged = sorted(n for n in before if n not in vision and torch.equal(before[n], after[n]))
     assert not unchanged, f"LM parameters that did not move: {unchanged}"
 
-    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     step_rows = [r for r in rows if "reward/mean" in r]
     assert [r["step"] for r in step_rows] == [1, 2]
     assert any(r["groups/zero_variance"] < r["groups/count"] and r["grad_norm"] > 1e-4 for r in step_rows), step_rows

@@ -9,6 +9,7 @@ import torch
 import torch._dynamo  # noqa: F401  (the first optimiser of a process imports it, ~4 s here: paid at collection)
 
 from mhpo_vl.config import load_config
+from mhpo_vl.rollout.sampling import SamplingConfig
 from mhpo_vl.train.parts import make_loss
 from mhpo_vl.types import Completion, EncodedPrompt, Sample
 
@@ -204,3 +205,26 @@ def test_fit_validates_logs_and_summarises_without_a_model(tmp_path):
     assert summary["val_accuracy_initial"] == 0.5 and summary["steps"] == 2 and summary["nonfinite_updates"] == 0
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
     assert trainer.run_dir.lock is None  # fit closed the trainer and let go of the directory
+
+
+def test_the_fakes_satisfy_the_part_protocols() -> None:
+    """The seams are Protocols (mhpo_vl.train.interfaces): fakes need no base class. The methods are checked here at
+    run time; the signatures by mypy, which CI runs over this file too (the typed assignments below)."""
+    from mhpo_vl.train.interfaces import Closeable, Encoder, LossFn, RewardFn, Sampler
+
+    sampler: Sampler = FixedSampler()
+    encoder: Encoder = FixedEncoder()
+    reward: RewardFn = fixed_reward
+    recording = RecordingLoss(make_loss(load_config(None, ["algorithm.loss=grpo"])))
+    loss: LossFn = recording
+    assert isinstance(sampler, Sampler) and isinstance(sampler, Closeable)
+    assert not isinstance(reward, Closeable)  # a plain function: the trainer has nothing to close
+    samples = [Sample(id="0", source="fake", split="train", question="q0", answer="right")]
+    prompts = encoder.encode(samples)
+    groups = sampler.generate(prompts, SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=0))
+    assert [[c.text for c in g] for g in groups] == [["right", "wrong"]]
+    out = reward(samples * 2, ["right", "wrong"])
+    assert list(out.rewards) == [1.0, 0.0] and [v.correct for v in out.verdicts] == [True, False]
+    lp = torch.zeros(2, 3)
+    result = loss(lp, lp, torch.tensor([1.0, -1.0]), torch.ones(2, 3), global_num_tokens=6.0, global_num_seqs=2.0)
+    assert torch.isfinite(result.loss) and recording.calls == [(6.0, 2.0, 6, 2)]

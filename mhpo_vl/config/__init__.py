@@ -10,8 +10,19 @@ from pathlib import Path
 
 from mhpo_vl.config.loading import config_to_dict, parse_config, parse_overrides, save_config
 from mhpo_vl.config.names import check_names
-from mhpo_vl.config.schema import (AlgorithmConfig, ConfigError, DataConfig, DatasetSpec, ModelConfig, OptimConfig,
-                                   RewardConfig, RolloutConfig, RunConfig, TrainerConfig, WarmStartConfig)
+from mhpo_vl.config.schema import (
+    AlgorithmConfig,
+    ConfigError,
+    DataConfig,
+    DatasetSpec,
+    ModelConfig,
+    OptimConfig,
+    RewardConfig,
+    RolloutConfig,
+    RunConfig,
+    TrainerConfig,
+    WarmStartConfig,
+)
 
 __all__ = ["AlgorithmConfig", "ConfigError", "DataConfig", "DatasetSpec", "ModelConfig", "OptimConfig",
            "RewardConfig", "RolloutConfig", "RunConfig", "TrainerConfig", "WarmStartConfig", "config_to_dict",

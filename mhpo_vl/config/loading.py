@@ -39,7 +39,7 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -113,7 +113,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], path: str = "", *, user_
         old = out.get(k)
         replace = (key in REPLACED_WHOLE_KEYS or not isinstance(v, dict) or not isinstance(old, dict)
                    or (user_layers and key in DATASET_SPEC_KEYS and "name" in v and v["name"] != old.get("name")))
-        out[k] = v if replace else _merge(old, v, key, user_layers=user_layers)
+        out[k] = v if replace or not isinstance(old, dict) else _merge(old, v, key, user_layers=user_layers)
     return out
 
 

@@ -23,7 +23,8 @@ with dual clip also ``dual_clip_frac`` = fraction with A < 0 and r > c_dual (the
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

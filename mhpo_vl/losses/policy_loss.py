@@ -18,8 +18,9 @@ loss's own diagnostics (clip fractions, MHPO's psi/zeta/survival/M statistics).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

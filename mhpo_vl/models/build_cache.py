@@ -1,8 +1,9 @@
 """Build a model or tokenizer folder once, atomically, so concurrent or interrupted builds never leave half of one."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def build_once(target: str | Path, build: Callable[[Path], Any], done_file: str = "config.json") -> Path:

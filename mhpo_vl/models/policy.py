@@ -14,9 +14,10 @@ sampler's distribution further; the trainer does not, so keep them at 1 for on-p
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -267,7 +268,7 @@ def _text_position_ids(attention_mask_NL: torch.Tensor) -> torch.Tensor:
     return position_ids_NL.clamp_(min=0)
 
 
-def _position_ids(model: torch.nn.Module, batch: SequenceBatch, model_inputs: dict[str, Any]) -> torch.Tensor:
+def _position_ids(model: Any, batch: SequenceBatch, model_inputs: dict[str, Any]) -> torch.Tensor:
     input_ids_NL, attention_mask_NL = batch.input_ids_NL, batch.attention_mask_NL
     config = model.config
     if not is_vision_config(config):
@@ -291,7 +292,7 @@ def _position_ids(model: torch.nn.Module, batch: SequenceBatch, model_inputs: di
 
 
 def per_token_logprobs(
-    model: torch.nn.Module,
+    model: Any,  # a transformers causal LM or VLM (`.model` base, output embeddings); torch types it as Module
     batch: SequenceBatch,
     *,
     chunk_size: int = 1024,
@@ -347,5 +348,6 @@ def per_token_logprobs(
         with_entropy=with_entropy,
     )
     logprobs_NT = logprobs_M.new_zeros(N, T).masked_scatter(response_mask_NT, logprobs_M)
-    entropy_NT = entropy_M.new_zeros(N, T).masked_scatter(response_mask_NT, entropy_M) if with_entropy else None
+    entropy_NT = (entropy_M.new_zeros(N, T).masked_scatter(response_mask_NT, entropy_M)
+                  if with_entropy and entropy_M is not None else None)
     return logprobs_NT, entropy_NT

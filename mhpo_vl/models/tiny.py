@@ -19,11 +19,15 @@ import json
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mhpo_vl.models.build_cache import build_once
-from mhpo_vl.models.qwen_chat import (QWEN_PRETOKENIZE_REGEX, QWEN_SPECIAL_TOKENS, QWEN_THINK_TOKENS,
-                                      QWEN_VL_CHAT_TEMPLATE)
+from mhpo_vl.models.qwen_chat import (
+    QWEN_PRETOKENIZE_REGEX,
+    QWEN_SPECIAL_TOKENS,
+    QWEN_THINK_TOKENS,
+    QWEN_VL_CHAT_TEMPLATE,
+)
 
 __all__ = ["QWEN_PRETOKENIZE_REGEX", "QWEN_SPECIAL_TOKENS", "QWEN_THINK_TOKENS", "QWEN_VL_CHAT_TEMPLATE", "TinySizes",
            "build_once", "build_tiny_text_model", "build_tiny_vl_model", "builder_version", "cached_tiny_model",
@@ -189,8 +193,9 @@ def build_small_tokenizer(vocab_target: int = 2048):
 
     tokenizer = Qwen2Tokenizer(
         vocab=dict(trained["vocab"]),
-        merges=merges,
-        unk_token=None,
+        # transformers accepts merge pairs as tuples and an absent unk token; its annotations say list[str] / str.
+        merges=merges,  # type: ignore[arg-type]
+        unk_token=None,  # type: ignore[arg-type]
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",

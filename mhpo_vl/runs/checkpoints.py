@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -98,7 +99,7 @@ def verify(folder: Path) -> list[str]:
 def _is_disk_full(exc: BaseException, folder: Path) -> bool:
     """ENOSPC anywhere in the exception chain, safetensors' "(os error 28)", or torch's C++ writer failing
     ("unexpected pos ...", "basic_ios::clear") while the disk is (nearly) full."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True

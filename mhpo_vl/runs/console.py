@@ -18,9 +18,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import TextIO
 
 from mhpo_vl.distributed import launcher_rank
 
@@ -122,7 +123,8 @@ def _restore(saved: tuple[int, int]) -> None:
     os.dup2(saved[1], 2)
     for fd in saved:
         os.close(fd)
-    _terminal.close()
+    if _terminal is not None:
+        _terminal.close()
     _terminal = None
 
 

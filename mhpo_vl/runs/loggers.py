@@ -10,8 +10,9 @@ import logging
 import math
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mhpo_vl.config.schema import DEFAULT_LOGGERS, LOGGERS, TrainerConfig
 from mhpo_vl.config.schema import check_logger_names as check_loggers
@@ -22,7 +23,7 @@ __all__ = ["DEFAULT_LOGGERS", "LOGGERS", "MetricsWriter", "WandbLogger", "check_
 log = logging.getLogger(__name__)
 
 
-def metrics_writer(t: TrainerConfig, *, enabled: bool = True, run_config: dict[str, Any] | None = None) -> "MetricsWriter":
+def metrics_writer(t: TrainerConfig, *, enabled: bool = True, run_config: dict[str, Any] | None = None) -> MetricsWriter:
     """The writer a training run uses: into ``trainer.output_dir``, to ``trainer.loggers``."""
     return MetricsWriter(t.output_dir, enabled=enabled, loggers=t.loggers, run_config=run_config)
 
@@ -38,9 +39,9 @@ class MetricsWriter:
         if loggers is None:
             loggers = DEFAULT_LOGGERS if tensorboard else ("jsonl",)
         self.loggers = check_loggers(loggers)
-        self._tb = None
-        self._tb_args = None
-        self._wandb = None
+        self._tb: Any = None  # a torch.utils.tensorboard SummaryWriter, opened at the first write
+        self._tb_args: dict[str, Any] | None = None
+        self._wandb: WandbLogger | None = None
         if enabled and "tensorboard" in self.loggers:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: F401
@@ -111,7 +112,7 @@ class WandbLogger:
         self._wandb = wandb
         self.dir = Path(output_dir) / "wandb"
         self._config = run_config
-        self._run = None
+        self._run: Any = None  # a wandb Run, started at the first log
 
     def _start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,9 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
@@ -64,9 +65,9 @@ class DirectoryLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self.what = what
-        self._file = None
+        self._file: TextIO | None = None
 
-    def acquire(self) -> "DirectoryLock":
+    def acquire(self) -> DirectoryLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
             handle = open(self.path, "a+")  # never truncate before holding it: the holder's details stay readable
@@ -107,7 +108,7 @@ class DirectoryLock:
         self._file.close()  # closing drops the flock
         self._file = None
 
-    def __enter__(self) -> "DirectoryLock":
+    def __enter__(self) -> DirectoryLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

@@ -14,7 +14,7 @@ K samples of each prompt contiguous (rows [b*K, (b+1)*K) belong to prompt b). Ad
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -12,7 +12,7 @@ from typing import Any
 from mhpo_vl.config import OptimConfig
 from mhpo_vl.runs import console
 from mhpo_vl.runs.checkpoints import CheckpointManager
-from mhpo_vl.train.interfaces import Optimizer, Runtime
+from mhpo_vl.train.interfaces import Optimizer, Runtime, SavesPretrained
 from mhpo_vl.train.lr_schedule import apply_optimizer_settings
 from mhpo_vl.train.state import TrainState
 
@@ -30,8 +30,13 @@ def save(ckpt: CheckpointManager, state: TrainState, rt: Runtime, processor: Any
             for _ in weights:
                 pass
 
+    model = rt.unwrapped()
+    if not isinstance(model, SavesPretrained):
+        raise TypeError(f"{type(model).__name__} cannot be saved as a checkpoint: it has no save_pretrained "
+                        "(transformers models have; checkpoints are Hugging Face folders)")
+
     def save_model(folder: Path) -> None:
-        rt.unwrapped().save_pretrained(folder, state_dict=full, safe_serialization=True)
+        model.save_pretrained(folder, state_dict=full, safe_serialization=True)
         processor.save_pretrained(folder)
 
     saved = ckpt.save(state.step, save_model=save_model, trainer_state=trainer_state, val_accuracy=val_accuracy,

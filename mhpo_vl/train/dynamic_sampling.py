@@ -3,8 +3,8 @@ is full again (or `max_rounds` is reached, then the batch is topped up with the 
 size stays fixed, counted in the metrics). Pure: sampling and the agreement across ranks come in as functions."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from mhpo_vl.train.records import Group
 

@@ -9,9 +9,10 @@ in-process LM: tests/test_trainer_fakes.py). The real parts: `mhpo_vl.rollout` (
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -82,16 +83,40 @@ class LossResult(Protocol):
 
 class LossFn(Protocol):
     """A policy loss (mhpo_vl.losses.PolicyLoss): per-token logprobs [N, T], old logprobs [N, T], advantages [N],
-    response mask [N, T] and keyword options (reference logprobs, global token and sequence counts)."""
+    response mask [N, T]; the reference logprobs (KL term) and the whole minibatch's token and sequence counts, so
+    a loss over one micro-batch is its share of the minibatch's."""
 
     def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                 mask: torch.Tensor, **kwargs: Any) -> LossResult: ...
+                 mask: torch.Tensor, /, *, ref_logprobs: torch.Tensor | None = None,
+                 global_num_tokens: float | None = None, global_num_seqs: float | None = None) -> LossResult: ...
 
 
 class Encoder(Protocol):
     """Samples -> prompts as the sampler and the trainer see them (chat template, image tokens, pixel values)."""
 
     def encode(self, samples: list[Sample]) -> list[EncodedPrompt]: ...
+
+
+@runtime_checkable
+class PromptMeasurer(Encoder, Protocol):
+    """An encoder that can also measure a prompt before a run starts (mhpo_vl.collate.PromptEncoder): a run's
+    datasets are checked against `max_prompt_length` when they load."""
+
+    max_prompt_length: int
+
+    def prompt_length(self, sample: Sample) -> int: ...
+
+
+@runtime_checkable
+class SavesPretrained(Protocol):
+    """A model a checkpoint can hold: a transformers model (save_pretrained writes the folder vLLM loads)."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class SupportsGradientCheckpointing(Protocol):
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None: ...
 
 
 class Tokenizer(Protocol):

@@ -21,7 +21,18 @@ from mhpo_vl.runs import console
 from mhpo_vl.runs.checkpoints import CheckpointManager
 from mhpo_vl.runs.loggers import metrics_writer
 from mhpo_vl.runs.run_dir import RunDirectory
-from mhpo_vl.train.interfaces import Encoder, LossFn, Optimizer, Policy, RewardFn, Runtime, Sampler, TrainerParts
+from mhpo_vl.train.interfaces import (
+    Encoder,
+    LossFn,
+    Optimizer,
+    Policy,
+    PromptMeasurer,
+    RewardFn,
+    Runtime,
+    Sampler,
+    SupportsGradientCheckpointing,
+    TrainerParts,
+)
 from mhpo_vl.train.loop import Trainer
 from mhpo_vl.train.update import local_minibatch_rows
 from mhpo_vl.types import Sample
@@ -100,10 +111,14 @@ def prepare_policy(cfg: RunConfig, rt: Runtime, policy: Policy) -> tuple[torch.n
     """The policy's model and an AdamW over its trainable parameters, prepared by the runtime (DeepSpeed: an engine)."""
     model = policy.model
     if cfg.model.gradient_checkpointing and rt.device.type == "cuda":
+        if not isinstance(model, SupportsGradientCheckpointing):
+            raise TypeError(f"model.gradient_checkpointing is on but {type(model).__name__} cannot do it; set "
+                            "model.gradient_checkpointing=false")
         model.gradient_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
+    optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1]),
+                                  eps=o.eps)
     return rt.prepare(model, optimizer)
 
 
@@ -128,6 +143,10 @@ def make_encoder(cfg: RunConfig, policy: Policy) -> Encoder:
 
 
 def load_datasets(cfg: RunConfig, encoder: Encoder) -> tuple[list[Sample], list[Sample]]:
+    """The run's training and held-out samples, every prompt measured against data.max_prompt_length."""
+    if not isinstance(encoder, PromptMeasurer):
+        raise TypeError(f"the encoder given ({type(encoder).__name__}) cannot measure prompts (prompt_length, "
+                        "max_prompt_length): give build_trainer the datasets too, or an encoder that can")
     from mhpo_vl.train.run_data import load_run_datasets
 
     train, val = load_run_datasets(cfg.data, encoder)

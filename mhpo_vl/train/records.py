@@ -69,7 +69,7 @@ class ScoredRollouts:
     def group_size(self) -> int:
         return self.rollouts.group_size
 
-    def with_advantages(self, advantages_N: torch.Tensor) -> "ScoredRollouts":
+    def with_advantages(self, advantages_N: torch.Tensor) -> ScoredRollouts:
         return replace(self, advantages_N=advantages_N)
 
     def groups(self) -> list[Group]:
@@ -79,7 +79,7 @@ class ScoredRollouts:
                 for s in (slice(g * K, (g + 1) * K) for g in range(len(r) // K))]
 
     @staticmethod
-    def from_groups(groups: list[Group], group_size: int) -> "ScoredRollouts":
+    def from_groups(groups: list[Group], group_size: int) -> ScoredRollouts:
         rollouts = Rollouts([p for g in groups for p in g.prompts], [c for g in groups for c in g.completions],
                             group_size)
         return ScoredRollouts(rollouts, torch.cat([g.rewards_K for g in groups]),

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import sys
 
-from mhpo_vl.collate import PromptEncoder, PromptTooLongError
+from mhpo_vl.collate import PromptTooLongError
 from mhpo_vl.config import DataConfig, DatasetSpec
 from mhpo_vl.images import DataError
+from mhpo_vl.train.interfaces import PromptMeasurer
 from mhpo_vl.types import Sample
 
 LISTED = 20  # too-long prompts named in the error; all of them are listed when skipped
 
 
-def load_run_datasets(data: DataConfig, encoder: PromptEncoder) -> tuple[list[Sample], list[Sample]]:
+def load_run_datasets(data: DataConfig, encoder: PromptMeasurer) -> tuple[list[Sample], list[Sample]]:
     """(train samples, val samples) of ``data``, each prompt checked against the encoder's length limit."""
     from mhpo_vl.datasets import import_plugins
 
@@ -39,7 +40,7 @@ def load_spec(spec: DatasetSpec, key: str, *, skip_bad: bool) -> list[Sample]:
     return samples
 
 
-def check_prompt_lengths(encoder: PromptEncoder, samples: list[Sample], key: str, *, skip_bad: bool) -> list[Sample]:
+def check_prompt_lengths(encoder: PromptMeasurer, samples: list[Sample], key: str, *, skip_bad: bool) -> list[Sample]:
     """``samples`` whose prompts fit ``encoder.max_prompt_length``. Without ``skip_bad`` any prompt over it is a
     PromptTooLongError naming the first (id, length, limit) and how many more; with it they are dropped and listed."""
     limit = encoder.max_prompt_length
@@ -63,7 +64,7 @@ def check_prompt_lengths(encoder: PromptEncoder, samples: list[Sample], key: str
     return kept
 
 
-def _measure(encoder: PromptEncoder, samples: list[Sample], key: str, *, skip_bad: bool) -> list[tuple[Sample, int]]:
+def _measure(encoder: PromptMeasurer, samples: list[Sample], key: str, *, skip_bad: bool) -> list[tuple[Sample, int]]:
     """(sample, prompt length) of each sample; one the encoder cannot take (an image it refuses) is a bad row:
     raised, or with ``skip_bad`` left out and listed."""
     measured = []

@@ -9,8 +9,9 @@ reduces gradients across ranks, before each micro-batch's backward instead (a no
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

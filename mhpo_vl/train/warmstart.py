@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from mhpo_vl.runs import console
 from mhpo_vl.config import WarmStartConfig
+from mhpo_vl.runs import console
 from mhpo_vl.train.interfaces import Encoder
 from mhpo_vl.types import Sample
 
@@ -37,7 +37,8 @@ class AnswerProbStop:
     equal rewards, hence no signal (the CPU demo's seed 2 started RL that way and barely moved)."""
 
     def __init__(self, target: float | None, window: int = 10):  # 10 batches = 320 problems at the demo's size
-        self.target, self.recent = target, deque(maxlen=window)
+        self.target = target
+        self.recent: deque[float] = deque(maxlen=window)
         self.recent_by_group: deque[dict[str, tuple[float, int]]] = deque(maxlen=window)
 
     def update(self, answer_prob: float, probs_by_group: dict[str, list[float]] | None = None) -> bool:
@@ -105,8 +106,9 @@ def run_warmstart(model: torch.nn.Module, tokenizer: Any, encoder: Encoder, samp
         # P(gold response) before this step's update: the accuracy of sampling at temperature 1 on these problems.
         probs_N = (logprobs_NT.detach() * mask).sum(1).exp().tolist()
         by_group: dict[str, list[float]] = {}
-        for i, p in zip(idx, probs_N) if cfg.stop_per else ():
-            by_group.setdefault(_group_of(samples[i], cfg.stop_per), []).append(p)
+        if cfg.stop_per:
+            for i, p in zip(idx, probs_N):
+                by_group.setdefault(_group_of(samples[i], cfg.stop_per), []).append(p)
         if stop.update(sum(probs_N) / len(probs_N), by_group):
             break
         loss = -(logprobs_NT * mask).sum() / mask.sum()

@@ -221,6 +221,83 @@ def test_eval_run_best_vs_latest_from_finished_checkpoints(capsys, tmp_path, fix
     assert "checkpoint folder(s) not found" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------------- --config file --
+
+PROTOCOLS = Path(__file__).resolve().parents[1] / "eval"
+
+
+def _resolved_config(argv: list[str]):
+    """The EvalConfig `mhpo-vl eval ARGV` would run, without running it."""
+    from mhpo_vl.cli import build_parser
+    from mhpo_vl.commands.eval import eval_config, resolve_options
+
+    args = resolve_options(build_parser(argv).parse_args(argv))
+    return eval_config(args, args.model, args.output_dir)
+
+
+def test_config_file_sits_between_defaults_and_typed_flags(tmp_path):
+    config = tmp_path / "protocol.yaml"
+    config.write_text("suites: [math500, aime24, mathverse]\nn: 4\ntemperature: 0.6\ntop-p: 0.95\n"
+                      "max-tokens: 99\nno-images: true\nsource: {math500: /a, aime24: /b}\n"
+                      "option: {mathverse: {problem_version: Vision Only}}\nids: {math500: [3, 5]}\n")
+    cfg = _resolved_config(["eval", "--config", str(config), "--model", "m", "--output-dir", "o",
+                            "--temperature", "1.0", "--source", "aime24=/c", "--suites", "math500,aime24"])
+    assert (cfg.n, cfg.top_p, cfg.max_tokens, cfg.use_images) == (4, 0.95, 99, False)  # from the file
+    assert cfg.temperature == 1.0  # typed, though equal to the built-in default: beats the file's 0.6
+    assert cfg.seed == 0 and cfg.batch_size == 64  # in neither: the built-in defaults
+    assert cfg.suites == "math500,aime24"
+    assert cfg.sources == {"math500": "/a", "aime24": "/c"}  # merged per suite, the typed one wins
+    assert cfg.options == {} and cfg.ids == {"math500": ["3", "5"]}  # mathverse's option: a suite not chosen
+    # Without the file, the same untyped options are the built-in defaults.
+    plain = _resolved_config(["eval", "--model", "m", "--output-dir", "o", "--suites", "math500"])
+    assert (plain.n, plain.temperature, plain.top_p, plain.max_tokens, plain.use_images) == (32, 1.0, 0.7, 2048, True)
+
+
+def test_paper_protocol_files_hold_the_paper_values():
+    from mhpo_vl.commands.eval import read_config_file
+
+    vl = read_config_file(PROTOCOLS / "paper_vl.yaml")
+    assert vl["suites"] == "mathvista,mathvision,mathverse"
+    assert (vl["n"], vl["temperature"], vl["top_p"], vl["max_tokens"]) == (32, 1.0, 0.7, 2048)
+    assert (vl["min_pixels"], vl["max_pixels"]) == (262144, 4194304)
+    text = read_config_file(PROTOCOLS / "paper_text.yaml")
+    assert text["suites"] == "math500,hmmt25,amc23,aime25,aime24" and (text["n"], text["max_tokens"]) == (32, 2048)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("top_p: 0.9", "unknown key 'top_p' (did you mean 'top-p'?"),
+    ("benchmark: math500", "unknown key 'benchmark'; valid keys: model, label, output-dir, suites, n,"),
+    ("n: many", "n: invalid int value: 'many'"),
+    ("source: /data/math500", "source: expected a mapping of suite names"),
+], ids=["underscore", "unknown", "bad-int", "not-a-mapping"])
+def test_bad_config_file_is_one_line_naming_the_key(capsys, tmp_path, line, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"suites: math500\n{line}\n")
+    code = main(["eval", "--config", str(config), "--model", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"mhpo-vl eval: error: {config}: {message}")
+
+
+def test_config_file_values_reach_the_summary(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
+    """End to end through `mhpo-vl eval` on finished responses (no sampling): the file's settings are the run's,
+    a typed --n beats the file's."""
+    out = tmp_path / "out"
+    a, b = math500_ids(fixtures_dir, 2)
+    ResponsesFile(out / "math500" / "responses.jsonl").append(
+        [problem(a, [True, False], ["1", "2"]), problem(b, [False, False], [None, "7"])])
+    config = tmp_path / "protocol.yaml"
+    config.write_text(f"suites: math500\nsource: {{math500: {fixtures_dir / 'text_math'}}}\nn: 32\n"
+                      "temperature: 0.6\ntop-p: 0.95\nmax-tokens: 99\nseed: 7\nlimit: 2\n")
+    code = main(["eval", "--config", str(config), "--model", str(tiny_vl_model_dir), "--n", "2",
+                 "--output-dir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: summary["sampling"][k] for k in ("n", "temperature", "top_p", "max_tokens", "seed")} == {
+        "n": 2, "temperature": 0.6, "top_p": 0.95, "max_tokens": 99, "seed": 7}
+    assert summary["benchmarks"]["math500"]["metrics"]["problems"] == 2
+
+
 # ------------------------------------------------------------------------------- slow: real sampling --
 
 @pytest.mark.slow
@@ -297,3 +374,27 @@ def test_text_model_on_an_image_benchmark_with_no_images_hf_backend(capsys, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sampling"]["use_images"] is False
     assert [json.loads(x)["id"] for x in (out / "mathvision" / "responses.jsonl").read_text().splitlines()] == ["4", "5"]
+
+
+@pytest.mark.slow
+def test_paper_vl_protocol_file_with_vllm(capsys, tmp_path, fixtures_dir, tiny_vl_model_dir):
+    """`mhpo-vl eval --config eval/paper_vl.yaml` on the fixtures: the file chooses the suites, splits, temperature
+    and top_p; typed flags shrink the rest to what a tiny model on a CPU can take (n, response, image and prompt
+    sizes; the file's 2048 response tokens alone take ~4 min here). test_config_file_values_reach_the_summary
+    checks the file's values against typed ones without sampling."""
+    out = tmp_path / "eval"
+    suites = ["mathvista", "mathvision", "mathverse"]
+    sources = [arg for name in suites for arg in _only(fixtures_dir, name)]
+    argv = ["eval", "--config", str(PROTOCOLS / "paper_vl.yaml"), "--model", str(tiny_vl_model_dir), *sources,
+            "--ids", f"mathvista={MATHVISTA_WITH_IMAGES}", "--limit", "2", "--n", "2", "--max-tokens", "16", "--dtype", "float32",
+            "--min-pixels", "3136", "--max-pixels", "12544", "--max-prompt-length", "1024",
+            "--output-dir", str(out), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["benchmarks"]) == suites  # no --suites typed: the file's
+    sampling = summary["sampling"]
+    assert (sampling["n"], sampling["temperature"], sampling["top_p"], sampling["max_tokens"]) == (2, 1.0, 0.7, 16)
+    for name in suites:
+        assert summary["benchmarks"][name]["metrics"]["problems"] == 2
+        run = json.loads((out / name / "run.json").read_text())
+        assert run["split"] == "testmini" and run["pixels"] == [3136, 12544] and run["seed"] == 0

@@ -16,9 +16,9 @@ User templates are text (or YAML with a ``template:`` key) with placeholders {qu
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from mhpo_vl.types import Sample
 

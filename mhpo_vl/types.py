@@ -13,10 +13,10 @@ that produced the rollout, no grad), ``sampler_`` (what the inference engine rep
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 # An image travels as a path on disk (str) or an in-memory PIL image (datasets that draw or decode images).
-ImageRef = Union[str, Any]
+ImageRef = str | Any
 
 ANSWER_TYPES = ("multiple_choice", "integer", "float", "text", "expression", "list")
 
@@ -98,7 +98,7 @@ class SequenceBatch:
     def num_rows(self) -> int:
         return int(self.input_ids_NL.shape[0])
 
-    def to(self, device: Any) -> "SequenceBatch":
+    def to(self, device: Any) -> SequenceBatch:
         move = lambda v: v.to(device) if hasattr(v, "to") else v  # noqa: E731
         return SequenceBatch(
             move(self.input_ids_NL),

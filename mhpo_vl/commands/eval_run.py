@@ -75,6 +75,7 @@ def best_vs_latest(summaries: dict[str, dict[str, Any]], index: dict[str, Any], 
     latest = index["latest"]
     if latest not in summaries:
         raise ValueError(f"the latest checkpoint {latest} was not evaluated (add it to --checkpoints)")
+    best: str | None = None  # the checkpoint index.json names best (best_by "val")
     if best_by == "val":
         best = index.get("best")
         if best is None:
@@ -85,7 +86,7 @@ def best_vs_latest(summaries: dict[str, dict[str, Any]], index: dict[str, Any], 
     names = list(summaries[latest]["benchmarks"])
     rows: dict[str, Any] = {}
     for name in names:
-        if best_by == "val":
+        if best is not None:  # best_by "val"
             best_name = best
         else:  # ties: the earliest step wins (names sort by step)
             best_name = max(sorted(summaries), key=lambda c: summaries[c]["benchmarks"][name]["metrics"]["avg"])

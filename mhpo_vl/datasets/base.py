@@ -13,15 +13,16 @@ import dataclasses
 import json
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Literal, overload
 
 from mhpo_vl.images import DataError
 from mhpo_vl.types import ANSWER_TYPES, Sample
 
 # name -> adapter class. Filled by @register_dataset in the adapter modules (and by user modules).
-DATASETS: dict[str, type["DatasetAdapter"]] = {}
+DATASETS: dict[str, type[DatasetAdapter]] = {}
 
 
 def register_dataset(name: str) -> Callable:
@@ -52,6 +53,14 @@ class Record:
     root: Path | None = None
     split: str | None = None
     error: DataError | None = None  # a row that could not even be parsed (bad JSON line)
+
+    @property
+    def parsed_fields(self) -> dict[str, Any]:
+        """``fields`` of a row that parsed. :meth:`DatasetAdapter.load` raises a row's ``error`` before calling
+        ``to_sample``, so there this is always the row's fields; a row without fields raises its error here."""
+        if self.fields is None:
+            raise self.error or DataError("row has no fields", file=self.file, row=self.row)
+        return self.fields
 
 
 @dataclass
@@ -154,7 +163,7 @@ def adapter_for(name: str, options: dict[str, Any]) -> type[DatasetAdapter]:
     if adapter_cls is None:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))} "
                          "(or the path of a column-mapping .yaml/.json file)")
-    valid = [f.name for f in dataclasses.fields(adapter_cls)] if dataclasses.is_dataclass(adapter_cls) else []
+    valid: list[str] = [f.name for f in dataclasses.fields(adapter_cls)] if dataclasses.is_dataclass(adapter_cls) else []
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; valid options: {', '.join(valid) or 'none'}")
@@ -172,6 +181,8 @@ def import_plugins(modules: Iterable[str]) -> None:
             if not path.is_file():
                 raise ValueError(f"dataset plug-in file not found: {module}")
             spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:
+                raise ValueError(f"dataset plug-in file cannot be imported: {module}")
             loaded = importlib.util.module_from_spec(spec)
             sys.modules[path.stem] = loaded
             spec.loader.exec_module(loaded)
@@ -206,17 +217,18 @@ def _function_adapter(name: str, fn: Callable) -> type[DatasetAdapter]:
     ]
     fields = [(p.name, Any, dataclasses.field(default=p.default)) for p in params]
 
-    def records(self, source, split):
-        options = {p.name: getattr(self, p.name) for p in params}
-        for index, sample in enumerate(fn(source, split, **options)):
-            if not isinstance(sample, Sample):
-                raise TypeError(f"dataset {name!r}: {fn.__qualname__} yielded {type(sample).__name__}, not Sample")
-            yield Record({"sample": sample}, file=str(source), row=index + 1)
+    class FunctionAdapter(DatasetAdapter):
+        def records(self, source: str | None, split: str | None) -> Iterator[Record]:
+            options = {p.name: getattr(self, p.name) for p in params}
+            for index, sample in enumerate(fn(source, split, **options)):
+                if not isinstance(sample, Sample):
+                    raise TypeError(f"dataset {name!r}: {fn.__qualname__} yielded {type(sample).__name__}, not Sample")
+                yield Record({"sample": sample}, file=str(source), row=index + 1)
 
-    cls = dataclasses.make_dataclass(f"{fn.__name__}_adapter", fields, bases=(DatasetAdapter,))
-    cls.records = records
-    cls.to_sample = lambda self, record: record.fields["sample"]
-    return cls
+        def to_sample(self, record: Record) -> Sample:
+            return record.parsed_fields["sample"]
+
+    return dataclasses.make_dataclass(f"{fn.__name__}_adapter", fields, bases=(FunctionAdapter,))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,7 +270,7 @@ def read_json(path: Path, *, split: str | None = None, key_field: str | None = N
         yield Record(fields, str(path), key, path.parent, split)
 
 
-def read_table(source: str, *, split: str | None, hub_name: str | None = None, hub_config: str | None = None) -> Iterator[Record]:
+def read_table(source: str | None, *, split: str | None, hub_name: str | None = None, hub_config: str | None = None) -> Iterator[Record]:
     """Rows from a Hugging Face dataset: by hub name (source None / ``hf:name``), a folder written by
     ``save_to_disk``, parquet or arrow files. Image columns arrive decoded (PIL) through ``datasets``."""
     import datasets  # heavy; only for these formats
@@ -268,6 +280,8 @@ def read_table(source: str, *, split: str | None, hub_name: str | None = None, h
         table = load_hub_dataset(hub, hub_config, split)
         label = f"hf:{hub}" + (f"[{split}]" if split else "")
         root = None
+    elif source is None:
+        raise ValueError("no source given and the dataset has no Hugging Face copy (hub_name) to load instead")
     else:
         path = Path(source)
         root = path if path.is_dir() else path.parent
@@ -345,6 +359,9 @@ def require_source_exists(source: str) -> Path:
 def get_field(record: Record, name: str, *, required: bool = True, default: Any = None) -> Any:
     fields = record.fields or {}
     if name not in fields or fields[name] is None:
+        if required and name in fields:  # the column exists: say the cell is empty, not that the column is missing
+            raise DataError("the cell is null (the column is present; this row has no value in it)",
+                            file=record.file, row=record.row, field=name)
         if required:
             have = ", ".join(sorted(fields)) or "none"
             raise DataError(f"missing column (row has: {have})", file=record.file, row=record.row, field=name)
@@ -352,7 +369,12 @@ def get_field(record: Record, name: str, *, required: bool = True, default: Any 
     return fields[name]
 
 
+@overload
+def text_field(record: Record, name: str, *, required: Literal[True] = True, default: str | None = None) -> str: ...
+@overload
+def text_field(record: Record, name: str, *, required: bool, default: None = None) -> str | None: ...
 def text_field(record: Record, name: str, *, required: bool = True, default: str | None = None) -> str | None:
+    """The field as text (numbers converted); a required field is never None: missing, it raises DataError."""
     value = get_field(record, name, required=required, default=default)
     if value is None:
         return None
@@ -424,3 +446,12 @@ def image_list(value: Any) -> list[Any]:
     if hasattr(value, "tolist") and not hasattr(value, "getpixel"):  # numpy array from parquet, not a PIL image
         value = value.tolist()
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def image_root(record: Record, relative: str, field: str) -> Path:
+    """The folder ``relative`` (a row's image path) resolves against; a row read from the hub has none (the same
+    error as :func:`~mhpo_vl.images.image_from_field` gives for a path without a root)."""
+    if record.root is None:
+        raise DataError(f"image path {relative!r} given but the dataset has no root folder",
+                        file=record.file, row=record.row, field=field)
+    return record.root

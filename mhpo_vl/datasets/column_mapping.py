@@ -17,13 +17,27 @@ Mapping file keys (see docs/datasets.md for a worked example):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mhpo_vl.datasets.base import (
-    LETTERS, DatasetAdapter, Record, check_answer_type, get_field, image_list, infer_answer_type, is_table_source,
-    letter_to_choice, read_json, read_jsonl, read_table, register_dataset, string_list, text_field,
+    LETTERS,
+    DatasetAdapter,
+    Record,
+    check_answer_type,
+    get_field,
+    image_list,
+    infer_answer_type,
+    is_table_source,
+    letter_to_choice,
+    read_json,
+    read_jsonl,
+    read_table,
+    register_dataset,
+    string_list,
+    text_field,
 )
 from mhpo_vl.images import DataError, image_from_field
 from mhpo_vl.types import ANSWER_TYPES, Sample
@@ -45,7 +59,7 @@ class ColumnMapping:
     answer_is_letter: bool = False
 
     @classmethod
-    def read(cls, path: str | Path) -> "ColumnMapping":
+    def read(cls, path: str | Path) -> ColumnMapping:
         path = Path(path)
         if not path.is_file():
             raise DataError("column-mapping file not found", file=path)

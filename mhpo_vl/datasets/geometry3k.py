@@ -9,13 +9,26 @@ Splits follow the problem id: train 0-2100, val 2101-2400, test 2401-3001.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from mhpo_vl.datasets.base import (
-    LETTERS, DatasetAdapter, Record, get_field, image_list, infer_answer_type, is_table_source, letter_to_choice,
-    read_json, read_jsonl, read_table, register_dataset, require_source_exists, string_list, text_field,
+    LETTERS,
+    DatasetAdapter,
+    Record,
+    get_field,
+    image_list,
+    infer_answer_type,
+    is_table_source,
+    letter_to_choice,
+    read_json,
+    read_jsonl,
+    read_table,
+    register_dataset,
+    require_source_exists,
+    string_list,
+    text_field,
 )
 from mhpo_vl.images import DataError, image_from_field
 from mhpo_vl.types import Sample
@@ -44,7 +57,7 @@ class Geometry3K(DatasetAdapter):
     def records(self, source: str | None, split: str | None) -> Iterator[Record]:
         if split is not None and split not in HUB_SPLITS:
             raise ValueError(f"geometry3k split must be one of train, val, test; got {split!r}")
-        if is_table_source(source):
+        if source is None or is_table_source(source):
             yield from read_table(source, split=HUB_SPLITS[split] if split else None, hub_name=self.hub_name)
             return
         path = require_source_exists(source)
@@ -72,7 +85,8 @@ class Geometry3K(DatasetAdapter):
         for problem_dir in problem_dirs:
             data_file = problem_dir / "data.json"
             (record,) = list(read_json_object(data_file))
-            record.fields["_layout"] = "intergps"
+            if record.fields is not None:  # else a bad data.json: load() raises (or skips) its record.error
+                record.fields["_layout"] = "intergps"
             yield record
 
     @staticmethod
@@ -93,7 +107,7 @@ class Geometry3K(DatasetAdapter):
         letter = text_field(record, "answer")
         answer = letter_to_choice(letter, choices, record)
         image = image_from_field("img_diagram.png", record.root, file=record.file, row=record.row, field="img_diagram.png")
-        fields = record.fields
+        fields = record.parsed_fields
         return Sample(
             id=str(problem_id),
             source="geometry3k",

@@ -27,8 +27,8 @@ import hashlib
 import math
 import random
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from mhpo_vl.datasets.base import DatasetAdapter, Record, register_dataset
 from mhpo_vl.types import Sample
@@ -47,7 +47,7 @@ class Problem:
     numbers: tuple[int, ...]  # the given numbers, in the order the answer formula uses them
     question: str
     answer: int
-    figure: "Figure"
+    figure: Figure
 
 
 @dataclass
@@ -497,4 +497,4 @@ class GeoSynth(DatasetAdapter):
             yield Record({"sample": sample}, file="geosynth", row=index)
 
     def to_sample(self, record: Record) -> Sample:
-        return record.fields["sample"]
+        return record.parsed_fields["sample"]

@@ -12,13 +12,22 @@ The official prompts are kept as ``metadata["query_cot"]`` / ``["query_wo"]``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 from mhpo_vl.datasets.base import (
-    LETTERS, DatasetAdapter, Record, get_field, infer_answer_type, is_table_source, read_json, read_table,
-    register_dataset, require_source_exists, text_field,
+    LETTERS,
+    DatasetAdapter,
+    Record,
+    get_field,
+    image_root,
+    infer_answer_type,
+    is_table_source,
+    read_json,
+    read_table,
+    register_dataset,
+    require_source_exists,
+    text_field,
 )
 from mhpo_vl.images import DataError, find_image_file, image_from_field
 from mhpo_vl.types import Sample
@@ -54,7 +63,7 @@ class MathVerse(DatasetAdapter):
         if self.problem_version is not None and self.problem_version not in VERSIONS:
             raise ValueError(f"problem_version must be one of {', '.join(VERSIONS)}; got {self.problem_version!r}")
         self._missing = 0
-        if is_table_source(source):
+        if source is None or is_table_source(source):
             rows = read_table(source, split="testmini", hub_name=self.hub_name, hub_config=split or "testmini")
         else:
             path = require_source_exists(source)
@@ -84,8 +93,8 @@ class MathVerse(DatasetAdapter):
         metadata.update(problem_version=version, question_type=question_type,
                         problem_index=text_field(record, "problem_index", required=False))
         for key in ("query_cot", "query_wo"):
-            if record.fields.get(key):
-                metadata[key] = record.fields[key]
+            if record.parsed_fields.get(key):
+                metadata[key] = record.parsed_fields[key]
 
         choices, answer_type = None, infer_answer_type(answer)
         if question_type == "multi-choice":
@@ -111,17 +120,18 @@ class MathVerse(DatasetAdapter):
         )
 
     def _images(self, record: Record, version: str, metadata: dict) -> list:
-        value = record.fields.get("image")
+        value = record.parsed_fields.get("image")
         if value is None or (isinstance(value, str) and not value.strip()):
             if version == "Text Only":
                 return []
             raise DataError(f"a {version!r} row must have an image", file=record.file, row=record.row, field="image")
         if not isinstance(value, str):  # the HF copy: a decoded image
             return [image_from_field(value, record.root, file=record.file, row=record.row, field="image")]
-        path, _ = find_image_file(record.root, value, file=record.file, row=record.row, field="image")
+        root = image_root(record, value, "image")
+        path, _ = find_image_file(root, value, file=record.file, row=record.row, field="image")
         if path is None:
             if self.require_images:
-                raise DataError(f"image file not found: {Path(record.root) / value} "
+                raise DataError(f"image file not found: {root / value} "
                                 "(pass require_images=False to keep such rows without images, or skip_bad to skip them)",
                                 file=record.file, row=record.row, field="image")
             self._missing += 1

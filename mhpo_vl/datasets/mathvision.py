@@ -8,12 +8,24 @@ Questions keep their ``<image1>`` placeholders, as the official prompt does.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from mhpo_vl.datasets.base import (
-    LETTERS, DatasetAdapter, Record, get_field, image_list, infer_answer_type, is_table_source, letter_to_choice,
-    read_jsonl, read_table, register_dataset, require_source_exists, string_list, text_field,
+    LETTERS,
+    DatasetAdapter,
+    Record,
+    get_field,
+    image_list,
+    infer_answer_type,
+    is_table_source,
+    letter_to_choice,
+    read_jsonl,
+    read_table,
+    register_dataset,
+    require_source_exists,
+    string_list,
+    text_field,
 )
 from mhpo_vl.images import DataError, image_from_field
 from mhpo_vl.types import Sample
@@ -25,21 +37,21 @@ class MathVision(DatasetAdapter):
     hub_name = "MathLLMs/MathVision"
 
     def records(self, source: str | None, split: str | None) -> Iterator[Record]:
-        if is_table_source(source):
+        if source is None or is_table_source(source):
             yield from read_table(source, split=split or "testmini", hub_name=self.hub_name)
             return
         path = require_source_exists(source)
         if path.is_dir():
             path = path / f"{split or 'testmini'}.jsonl"
-        for record in read_jsonl(path, split=split or path.stem):
-            yield record
+        yield from read_jsonl(path, split=split or path.stem)
 
     def to_sample(self, record: Record) -> Sample:
         answer = text_field(record, "answer").strip()
         choices = string_list(get_field(record, "options", required=False, default=[]), record, "options") or None
-        metadata = {key: record.fields.get(key) for key in ("level", "subject") if record.fields.get(key) is not None}
-        if record.fields.get("solution"):
-            metadata["solution"] = record.fields["solution"]
+        fields = record.parsed_fields
+        metadata = {key: fields.get(key) for key in ("level", "subject") if fields.get(key) is not None}
+        if fields.get("solution"):
+            metadata["solution"] = fields["solution"]
         if choices:
             letter = answer.strip("()").strip().upper()
             answer = letter_to_choice(letter, choices, record)
@@ -59,7 +71,7 @@ class MathVision(DatasetAdapter):
 
     @staticmethod
     def _images(record: Record) -> list:
-        decoded = record.fields.get("decoded_image")
+        decoded = record.parsed_fields.get("decoded_image")
         if decoded is not None:
             return [image_from_field(decoded, record.root, file=record.file, row=record.row, field="decoded_image")]
         values = image_list(get_field(record, "image"))

@@ -9,13 +9,23 @@ is reported on stderr, so nothing changes silently.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 from mhpo_vl.datasets.base import (
-    LETTERS, DatasetAdapter, Record, get_field, is_table_source, read_json, read_jsonl, read_table,
-    register_dataset, require_source_exists, string_list, text_field,
+    LETTERS,
+    DatasetAdapter,
+    Record,
+    get_field,
+    image_root,
+    is_table_source,
+    read_json,
+    read_jsonl,
+    read_table,
+    register_dataset,
+    require_source_exists,
+    string_list,
+    text_field,
 )
 from mhpo_vl.images import DataError, find_image_file, image_from_field
 from mhpo_vl.types import Sample
@@ -32,7 +42,7 @@ class MathVista(DatasetAdapter):
 
     def records(self, source: str | None, split: str | None) -> Iterator[Record]:
         self._missing = 0
-        if is_table_source(source):
+        if source is None or is_table_source(source):
             yield from read_table(source, split=split or "testmini", hub_name=self.hub_name)
         else:
             path = require_source_exists(source)
@@ -57,8 +67,8 @@ class MathVista(DatasetAdapter):
         row_metadata = get_field(record, "metadata", required=False, default={}) or {}
         metadata = {k: v for k, v in row_metadata.items()}
         metadata["question_type"] = question_type
-        if record.fields.get("query"):
-            metadata["query"] = record.fields["query"]
+        if record.parsed_fields.get("query"):
+            metadata["query"] = record.parsed_fields["query"]
 
         if question_type == "multi_choice":
             if not choices:
@@ -97,10 +107,11 @@ class MathVista(DatasetAdapter):
         if decoded is not None:  # the HF copy carries the image itself
             return [image_from_field(decoded, record.root, file=record.file, row=record.row, field="decoded_image")]
         relative = text_field(record, "image")
-        path, note = find_image_file(record.root, relative, file=record.file, row=record.row, field="image", other_suffixes=True)
+        root = image_root(record, relative, "image")
+        path, note = find_image_file(root, relative, file=record.file, row=record.row, field="image", other_suffixes=True)
         if path is None:
             if self.require_images:
-                raise DataError(f"image file not found: {Path(record.root) / relative} "
+                raise DataError(f"image file not found: {root / relative} "
                                 "(pass require_images=False to keep such rows text-only, or skip_bad to skip them)",
                                 file=record.file, row=record.row, field="image")
             self._missing += 1
@@ -108,5 +119,5 @@ class MathVista(DatasetAdapter):
             return []
         if note:
             metadata["image_substituted"] = note
-        return [image_from_field(str(path.relative_to(Path(record.root).resolve())), record.root,
+        return [image_from_field(str(path.relative_to(root.resolve())), root,
                                  file=record.file, row=record.row, field="image")]

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mhpo_vl.images import open_image
 from mhpo_vl.types import Sample

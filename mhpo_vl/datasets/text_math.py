@@ -5,12 +5,19 @@ a folder source means the usual file name inside it. Without a source, the Huggi
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from mhpo_vl.datasets.base import (
-    DatasetAdapter, Record, infer_answer_type, is_table_source, read_jsonl, read_table, register_dataset,
-    require_source_exists, text_field,
+    DatasetAdapter,
+    Record,
+    infer_answer_type,
+    is_table_source,
+    read_jsonl,
+    read_table,
+    register_dataset,
+    require_source_exists,
+    text_field,
 )
 from mhpo_vl.images import DataError
 from mhpo_vl.types import Sample
@@ -23,7 +30,7 @@ class TextMathAdapter(DatasetAdapter):
     metadata_fields: tuple[str, ...] = ()
 
     def records(self, source: str | None, split: str | None) -> Iterator[Record]:
-        if is_table_source(source):
+        if source is None or is_table_source(source):
             yield from read_table(source, split=split or self.hub_split, hub_name=self.hub_name)
             return
         path = require_source_exists(source)
@@ -32,7 +39,7 @@ class TextMathAdapter(DatasetAdapter):
         yield from read_jsonl(path, split=split or "test")
 
     def to_sample(self, record: Record) -> Sample:
-        fields = record.fields
+        fields = record.parsed_fields
         question_field = "problem" if "problem" in fields else "question" if "question" in fields else "problem"
         question = text_field(record, question_field)
         answer = text_field(record, "answer").strip()

@@ -106,9 +106,12 @@ def pixel_budget(config: EvalConfig) -> tuple[int | None, int | None]:
     from mhpo_vl.config import DataConfig
 
     defaults = DataConfig()
-    return tuple(getattr(config, key) if getattr(config, key) is not None
-                 else config.run_pixels[key] if key in config.run_pixels else getattr(defaults, key)
-                 for key in ("min_pixels", "max_pixels"))
+
+    def pixels(key: str) -> int | None:
+        return (getattr(config, key) if getattr(config, key) is not None
+                else config.run_pixels[key] if key in config.run_pixels else getattr(defaults, key))
+
+    return pixels("min_pixels"), pixels("max_pixels")
 
 
 def checkpoint_run_config(model: str) -> Path | None:

@@ -52,8 +52,9 @@ def loss_gradient_multiplier(
     logprobs_GT = (old_GT + log_ratio_GT).clone().requires_grad_(True)
     fn = build_loss(name, aggregation="seq-mean-token-mean")
     advantages_G = torch.full((G,), advantage, dtype=torch.float64)
-    fn(logprobs_GT, old_GT, advantages_G, torch.ones_like(old_GT)).loss.backward()
-    return -(logprobs_GT.grad[:, 0] * G * tokens_per_row / advantage).detach()
+    loss = fn(logprobs_GT, old_GT, advantages_G, torch.ones_like(old_GT)).loss
+    (grad_GT,) = torch.autograd.grad(loss, logprobs_GT)
+    return -(grad_GT[:, 0] * G * tokens_per_row / advantage).detach()
 
 
 def draw_lfm(path: Path) -> Path:

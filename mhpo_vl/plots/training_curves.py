@@ -41,9 +41,8 @@ def plot_runs(run_dirs: list[str | Path], out_path: str | Path, smooth: int = 1)
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            if smooth > 1 and key != "val/accuracy":
-                ys = _moving_average(list(ys), smooth)
-            ax.plot(xs, ys, marker="o" if key == "val/accuracy" else None, ms=3, label=run_label(run_dir))
+            smoothed = _moving_average(list(ys), smooth) if smooth > 1 and key != "val/accuracy" else list(ys)
+            ax.plot(xs, smoothed, marker="o" if key == "val/accuracy" else None, ms=3, label=run_label(run_dir))
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mhpo_vl.config.schema import DTYPES, SAMPLER_BACKENDS as BACKENDS
+from mhpo_vl.config.schema import DTYPES
+from mhpo_vl.config.schema import SAMPLER_BACKENDS as BACKENDS
 
 
 def make_sampler(backend: str, model_path: str, *, dtype: str = "bfloat16", seed: int = 0, max_model_len: int = 4096,

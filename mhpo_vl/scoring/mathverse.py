@@ -21,7 +21,7 @@ from mhpo_vl.grading.extract import extract_answer
 from mhpo_vl.grading.grader import MAX_ANSWER_CHARS
 from mhpo_vl.grading.normalize import normalize_answer
 
-REQUIRED_FIELDS = ("answer", "question_type", "question")
+REQUIRED_FIELDS: tuple[str, ...] = ("answer", "question_type", "question")
 
 _CHOICE_LINE = re.compile(r"^\s*([A-H])\s*[:.)：]\s*(.+?)\s*$")
 
@@ -31,7 +31,7 @@ def choices_from_question(question: str) -> list[str]:
     _, marker, block = question.rpartition("Choices:")
     if not marker:
         return []
-    choices = []
+    choices: list[str] = []
     for line in block.strip().splitlines():
         m = _CHOICE_LINE.match(line)
         if not m or m.group(1) != LETTERS[len(choices)]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from mhpo_vl.scoring.safe_eval import safe_eval
 
-REQUIRED_FIELDS = ("id", "answer", "options")
+REQUIRED_FIELDS: tuple[str, ...] = ("id", "answer", "options")
 
 _FINAL_PHRASES = ("the final answer is", "the answer is", "the correct answer is", "the answer should be")
 # Applied in this order by find_math_answer after the box/equals selection.

@@ -31,7 +31,7 @@ from mhpo_vl.grading.choices import letter_of, predicted_choice_index
 from mhpo_vl.grading.extract import extract_answer
 from mhpo_vl.grading.grader import MAX_ANSWER_CHARS
 
-REQUIRED_FIELDS = ("pid", "question_type", "answer_type", "answer", "choices", "precision")
+REQUIRED_FIELDS: tuple[str, ...] = ("pid", "question_type", "answer_type", "answer", "choices", "precision")
 MODES = ("strict", "official")
 
 _PAREN_LETTER = re.compile(r"\(([a-zA-Z])\)")

@@ -13,6 +13,7 @@ import ast
 import builtins
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 _MAX_INT_POW_BITS = 100_000  # 2^100000 is a 30k-digit integer: fine; beyond that eval would just be slow
@@ -26,7 +27,7 @@ _BINARY = {
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
 }
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 def _guarded_pow(base: Any, exponent: Any) -> Any:

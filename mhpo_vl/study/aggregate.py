@@ -112,7 +112,7 @@ def _accuracies(path: Path) -> dict[str, Any]:
     missing = [k for k in keys if not isinstance(summary.get(k), (int, float))]
     if missing:
         raise ValueError(f"{path}: no number for {', '.join(missing)} (was validation off?)")
-    out = {k: float(summary[k]) for k in keys}
+    out: dict[str, Any] = {k: float(summary[k]) for k in keys}
     out["drop"] = out["val_accuracy_best"] - out["val_accuracy_final"]
     out["wall_seconds"] = summary.get("wall_seconds")
     out["cpu"] = (summary.get("machine") or {}).get("cpu")  # summaries before 2 Dec 2026 do not name it

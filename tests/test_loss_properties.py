@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from mhpo_vl.losses import build_loss
-from mhpo_vl.losses.mhpo import dhp_zeta, grad_multiplier, grad_multiplier_bound, lfm_psi, survival_weight
+from mhpo_vl.losses.mhpo import (
+    dhp_zeta,
+    grad_multiplier,
+    grad_multiplier_bound,
+    lfm_grad_multiplier,
+    lfm_psi,
+    on_policy_factor,
+    survival_weight,
+)
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -185,7 +193,7 @@ def test_stop_gradient_on_psi_inside_zeta():
 # -------------------------------------------------------------------------- on-policy agreement with GRPO
 
 
-@pytest.mark.parametrize("name", ["gspo", "sapo", "dapo"])
+@pytest.mark.parametrize("name", ["gspo", "sapo", "dapo", "mhpo_lfm"])
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_on_policy_gradient_equals_grpo(name, aggregation):
     g = torch.Generator().manual_seed(2)
@@ -215,3 +223,91 @@ def test_grpo_kills_gradient_outside_trust_region_and_mhpo_does_not():
     grpo = per_token_gradient("grpo", log_r, torch.tensor([-1.0, 1.0], dtype=F64))
     mhpo = per_token_gradient("mhpo", log_r, torch.tensor([-1.0, 1.0], dtype=F64))
     assert (grpo == 0).all() and (mhpo.abs() > 1e-3).all()
+
+
+# ------------------------------------------------------------------------------- Table 3 variants: diagnostics
+
+
+def autograd_multiplier(log_r, c, hazards):
+    """M(r) = d J / d log r / A by float64 autograd on the formula: exp(psi - sg zeta) psi', or exp(psi) psi'
+    without hazard (zeta = 0). Returns (M, survival weight exp(-zeta))."""
+    x = log_r.clone().requires_grad_(True)
+    psi = c * torch.tanh(x / c)
+    if hazards is None:
+        zeta = torch.zeros_like(psi)
+    else:
+        k, lam = hazards
+        q = psi.detach()
+        zeta = (torch.log1p(q.exp()) / lam) ** k + (torch.log1p((-q).exp()) / lam) ** k
+    torch.exp(psi - zeta).sum().backward()
+    return x.grad, torch.exp(-zeta)
+
+
+@pytest.mark.parametrize("name,params,c,hazards", [
+    ("mhpo_lfm", {}, 1.5, None), ("mhpo_lfm", {"c": 0.5}, 0.5, None),
+    ("mhpo_sym", {}, 1.5, (3.0, 0.8)), ("mhpo_sym", {"k": 1.0, "lam": 2.0}, 1.5, (1.0, 2.0)),
+])
+def test_table3_variant_diagnostics(name, params, c, hazards):
+    log_r = torch.log(torch.tensor([0.02, 0.3, 0.7, 0.95, 1.0, 1.05, 1.5, 2.45, 3.0, 40.0], dtype=F64))
+    G = log_r.shape[0]
+    M, w = autograd_multiplier(log_r, c, hazards)
+    if hazards is None:
+        # hazard-free: the survival weight is 1 everywhere and M = exp(psi) psi' = exp(psi) sech^2(log r / c)
+        assert (w == 1).all()
+        torch.testing.assert_close(M, torch.exp(c * torch.tanh(log_r / c)) / torch.cosh(log_r / c) ** 2,
+                                   atol=1e-15, rtol=1e-13)
+        torch.testing.assert_close(lfm_grad_multiplier(log_r, c), M, atol=1e-15, rtol=1e-13)
+    for sign in (1.0, -1.0):
+        adv = torch.full((G,), sign * 0.9, dtype=F64)
+        logprobs = (log_r - 2.0).reshape(G, 1).clone().requires_grad_(True)
+        out = build_loss(name, **params)(logprobs, torch.full((G, 1), -2.0, dtype=F64), adv, torch.ones(G, 1))
+        out.loss.backward()
+        torch.testing.assert_close(logprobs.grad.reshape(G) * G, -M * adv, atol=1e-15, rtol=1e-13)
+        metrics = out.metrics
+        assert metrics["survival_weight_mean"].item() == pytest.approx(w.mean().item(), rel=1e-13, abs=1e-15)
+        assert metrics["zeta_mean"].item() == pytest.approx((-torch.log(w)).mean().item(), rel=1e-13, abs=1e-15)
+        assert metrics["grad_multiplier_mean"].item() == pytest.approx(M.mean().item(), rel=1e-13)
+        assert metrics["grad_multiplier_max"].item() == pytest.approx(M.max().item(), rel=1e-13)
+    if hazards is None:
+        assert metrics["survival_weight_mean"].item() == 1.0 and metrics["zeta_mean"].item() == 0.0
+
+
+@pytest.mark.parametrize("c", [0.5, 1.0, 1.5, 2.0, 4.0])
+def test_lfm_multiplier_is_one_on_policy_peaks_where_derived_and_is_bounded(c):
+    # M(u) = exp(c t)(1 - t^2), t = tanh(u / c), u = log r; dM/dt = 0  <=>  c (1 - t^2) = 2 t
+    #   ->  t* = (sqrt(1 + c^2) - 1) / c,  M* = exp(c t*)(1 - t*^2)   (c = 1.5: t* = 0.5352, u* = 0.8961, M* = 1.5925)
+    t_star = (math.sqrt(1 + c * c) - 1) / c
+    peak = math.exp(c * t_star) * (1 - t_star**2)
+    M = lfm_grad_multiplier(LOG_R_GRID, c)
+    assert lfm_grad_multiplier(torch.zeros((), dtype=F64), c).item() == 1.0
+    u_star = c * math.atanh(t_star)
+    assert lfm_grad_multiplier(torch.tensor(u_star, dtype=F64), c).item() == pytest.approx(peak, rel=1e-13)
+    assert peak * (1 - 1e-5) <= M.max().item() <= peak * (1 + 1e-14)  # the grid (step 0.005) never exceeds it
+    assert LOG_R_GRID[M.argmax()].item() == pytest.approx(u_star, abs=5e-3)
+    assert peak <= grad_multiplier_bound(c) and (M >= 0).all()
+    if c == 1.5:
+        assert peak == pytest.approx(1.5925, abs=1e-4) and c * math.atanh(t_star) == pytest.approx(0.8961, abs=1e-4)
+
+
+def test_table3_variants_on_policy():
+    # on-policy (r = 1): hazard-free MHPO has GRPO's value and gradient; the symmetric (3.0, 0.8) hazards carry
+    # exp(-zeta(0)) = exp(-2 (ln 2 / 0.8)^3) = exp(-1.300878) = 0.272293 (defaults: 0.265062)
+    g = torch.Generator().manual_seed(4)
+    old = -torch.rand(5, 4, generator=g, dtype=F64)
+    adv = torch.randn(5, generator=g, dtype=F64)
+    mask = torch.ones(5, 4)
+    results = {}
+    for name in ("grpo", "mhpo_lfm", "mhpo_sym"):
+        lp = old.clone().requires_grad_(True)
+        out = build_loss(name)(lp, old, adv, mask)
+        out.loss.backward()
+        results[name] = (out, lp.grad)
+    factor = math.exp(-2 * (math.log(2) / 0.8) ** 3)
+    assert factor == pytest.approx(0.272293, abs=1e-6)
+    assert on_policy_factor(k_pos=3.0, lambda_pos=0.8, k_neg=3.0, lambda_neg=0.8) == pytest.approx(factor, rel=1e-14)
+    for name, scale in (("mhpo_lfm", 1.0), ("mhpo_sym", factor)):
+        out, grad = results[name]
+        torch.testing.assert_close(out.loss, scale * results["grpo"][0].loss, atol=1e-15, rtol=1e-13)
+        torch.testing.assert_close(grad, scale * results["grpo"][1], atol=1e-15, rtol=1e-13)
+        assert out.metrics["survival_weight_mean"].item() == pytest.approx(scale, rel=1e-13)
+        assert out.metrics["grad_multiplier_mean"].item() == pytest.approx(scale, rel=1e-13)

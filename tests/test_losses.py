@@ -15,7 +15,7 @@ from mhpo_vl.losses import LOSSES, build_loss
 torch.set_num_threads(1)
 
 F64 = torch.float64
-LOSS_NAMES = ("grpo", "dapo", "gspo", "sapo", "mhpo")
+LOSS_NAMES = ("grpo", "dapo", "gspo", "sapo", "mhpo", "mhpo_lfm", "mhpo_sym")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 # --------------------------------------------------------------------------------------------------------------
@@ -177,6 +177,13 @@ def reference_token_objective(name, log_r, adv, p):
         q = psi.detach()
         zeta = (_softplus(q) / p["lambda_pos"]) ** p["k_pos"] + (_softplus(-q) / p["lambda_neg"]) ** p["k_neg"]
         return torch.exp(psi - zeta) * adv
+    if name == "mhpo_lfm":  # Table 3(a), hazard-free: exp(psi) A, nothing under a stop-gradient
+        return torch.exp(p["c"] * torch.tanh(log_r / p["c"])) * adv
+    if name == "mhpo_sym":  # Table 3(b)/(c): one (k, lam) for both softplus branches
+        psi = p["c"] * torch.tanh(log_r / p["c"])
+        q = psi.detach()
+        zeta = (_softplus(q) / p["lam"]) ** p["k"] + (_softplus(-q) / p["lam"]) ** p["k"]
+        return torch.exp(psi - zeta) * adv
     raise AssertionError(name)
 
 
@@ -244,6 +251,8 @@ PARAM_SETS = {
     "sapo": [{}, {"tau_pos": 0.5, "tau_neg": 2.0}],
     "mhpo": [{}, {"c": 0.5}, {"c": 1.5, "k_pos": 3.0, "lambda_pos": 0.8, "k_neg": 3.0, "lambda_neg": 0.8},
              {"c": 2.0, "k_pos": 1.0, "lambda_pos": 1.5, "k_neg": 0.7, "lambda_neg": 0.3}],
+    "mhpo_lfm": [{}, {"c": 0.5}, {"c": 2.0}],
+    "mhpo_sym": [{}, {"k": 1.0}, {"lam": 2.0}, {"c": 0.5, "k": 2.5, "lam": 0.5}],
 }
 
 
@@ -321,7 +330,7 @@ def test_kl_requires_ref_and_defaults_off(name):
 
 
 def test_unknown_loss_lists_valid_names():
-    with pytest.raises(ValueError, match="valid losses: grpo, dapo, gspo, sapo, mhpo"):
+    with pytest.raises(ValueError, match="valid losses: grpo, dapo, gspo, sapo, mhpo, mhpo_lfm, mhpo_sym$"):
         build_loss("ppo")
 
 
@@ -342,13 +351,14 @@ BAD_VALUES = {
     "eps_low": [-0.1, 1.0, 1.5], "eps_high": [-0.01, 1.0], "eps": [-0.2, 1.0],
     "dual_clip": [1, "yes"], "c_dual": [1.0, 0.5],
     "tau_pos": [0, -1.0], "tau_neg": [0.0, math.nan],
+    "k": [0, -3.0, math.inf], "lam": [0.0, -0.8, math.nan],  # mhpo_sym; a zero hazard is mhpo_lfm, not lam = 0
     "aggregation": ["mean", "token_mean", None], "norm_length": [0, -5, math.inf], "kl_coef": [-0.1, math.nan],
     "scale": [0, -0.5, math.inf, math.nan, "0.265", True],
 }
 GOOD_VALUES = {
     "c": 0.5, "k_pos": 3.0, "k_neg": 0.5, "lambda_pos": 0.8, "lambda_neg": 2, "eps_low": 0.0, "eps_high": 0.28,
     "eps": 0.1, "dual_clip": True, "c_dual": 2.5, "tau_pos": 0.3, "tau_neg": 4, "aggregation": "token-mean",
-    "norm_length": 2048, "kl_coef": 0.01, "scale": 0.265,
+    "norm_length": 2048, "kl_coef": 0.01, "scale": 0.265, "k": 1.0, "lam": 2.0,
 }
 
 
@@ -382,9 +392,12 @@ def test_defaults_match_method_md():
     assert build_loss("gspo").params == {"eps_low": 3e-4, "eps_high": 4e-4}
     assert build_loss("sapo").params == {"tau_pos": 1.0, "tau_neg": 1.05}
     assert build_loss("mhpo").params == {"c": 1.5, "k_pos": 1.5, "lambda_pos": 1.0, "k_neg": 2.0, "lambda_neg": 0.8}
+    assert build_loss("mhpo_lfm").params == {"c": 1.5}  # Table 3(a) at its best c
+    assert build_loss("mhpo_sym").params == {"c": 1.5, "k": 3.0, "lam": 0.8}  # Table 3(b)/(c) best
     aggregations = {n: build_loss(n).aggregation for n in LOSS_NAMES}
     assert aggregations == {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "gspo": "seq-mean-token-mean",
-                            "sapo": "seq-mean-token-mean", "mhpo": "seq-mean-token-mean"}
+                            "sapo": "seq-mean-token-mean", "mhpo": "seq-mean-token-mean",
+                            "mhpo_lfm": "seq-mean-token-mean", "mhpo_sym": "seq-mean-token-mean"}
     assert all(build_loss(n).kl_coef == 0.0 for n in LOSS_NAMES)
 
 
@@ -446,7 +459,7 @@ def test_mhpo_extreme_log_ratios_are_exact():
 def test_grpo_family_clamp_behaviour_beyond_20(name):
     # log r = 30 with A > 0: the clip losses are in their clipped branch (exact), SAPO's gate is saturated
     # (f = 4/tau exactly): value exact, gradient 0.
-    if name == "mhpo":
+    if name.startswith("mhpo"):
         return
     out, grad = _finite_loss_and_grad(
         name, torch.tensor([[30.0]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
@@ -587,3 +600,86 @@ def test_on_policy_factor_and_grpo_control_match_mhpo_on_policy():
     control, control_grad = _loss_and_grad(build_loss("grpo", scale=on_policy_factor()), old, old, adv, mask)
     torch.testing.assert_close(control_grad, mhpo_grad, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(control.loss, mhpo.loss, rtol=1e-12, atol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Table 3's variants, token by token, against their formulas (float64 autograd on the formula as written).
+
+TABLE3_RATIOS = (0.02, 0.3, 0.7, 0.95, 1.0, 1.05, 1.5, 3.0, 40.0)
+TABLE3_ADVANTAGES = (1.3, -0.7)
+DEFAULT_HAZARDS = ((1.5, 1.0), (2.0, 0.8))  # (k, lambda)+, (k, lambda)-: paper Sec. 4.1
+TABLE3_VARIANTS = [  # (loss, its parameters, c, hazards of the formula: ((k+, l+), (k-, l-)), or None for none)
+    ("mhpo_lfm", {}, 1.5, None),  # Table 3(a), hazard-free, at c = 1.5
+    ("mhpo_lfm", {"c": 0.5}, 0.5, None),
+    ("mhpo_sym", {}, 1.5, ((3.0, 0.8), (3.0, 0.8))),  # Table 3's best symmetric pair
+    ("mhpo_sym", {"k": 1.0, "lam": 2.0}, 1.5, ((1.0, 2.0), (1.0, 2.0))),
+    ("mhpo", {}, 1.5, DEFAULT_HAZARDS),  # the defaults, for comparison
+]
+
+
+def table3_reference(log_r, adv, c, hazards):
+    """J of METHOD.md's MHPO formula; hazards None means Table 3(a)'s hazard-free J = exp(psi) A (zeta = 0)."""
+    psi = c * torch.tanh(log_r / c)
+    if hazards is None:
+        return torch.exp(psi) * adv
+    (kp, lp), (kn, ln) = hazards
+    q = psi.detach()  # sg[psi] inside zeta
+    zeta = (torch.log1p(torch.exp(q)) / lp) ** kp + (torch.log1p(torch.exp(-q)) / ln) ** kn
+    return torch.exp(psi - zeta) * adv
+
+
+def table3_token(name, params, ratio, adv, c, hazards):
+    """(loss, d loss / d logp) of one token from the loss under test and from the reference, all float64."""
+    old = torch.tensor([[-1.7]], dtype=F64)
+    start = old + math.log(ratio)
+    lp = start.clone().requires_grad_(True)
+    out = build_loss(name, **params)(lp, old, torch.tensor([adv], dtype=F64), torch.ones(1, 1))
+    out.loss.backward()
+    lp_ref = start.clone().requires_grad_(True)
+    expected = -table3_reference(lp_ref - old, adv, c, hazards).sum()
+    expected.backward()
+    return out.loss, lp.grad, expected, lp_ref.grad
+
+
+@pytest.mark.parametrize("name,params,c,hazards", TABLE3_VARIANTS)
+def test_table3_variants_match_float64_reference_per_token(name, params, c, hazards):
+    max_value_diff = max_grad_diff = 0.0
+    from_default = [0.0, 0.0]  # largest |variant - default| / |A| of the references (value, gradient)
+    for ratio in TABLE3_RATIOS:
+        for adv in TABLE3_ADVANTAGES:
+            loss, grad, expected, expected_grad = table3_token(name, params, ratio, adv, c, hazards)
+            torch.testing.assert_close(loss, expected, atol=1e-14, rtol=1e-13)
+            torch.testing.assert_close(grad, expected_grad, atol=1e-14, rtol=1e-13)
+            max_value_diff = max(max_value_diff, (loss - expected).abs().item())
+            max_grad_diff = max(max_grad_diff, (grad - expected_grad).abs().item())
+            _, _, default, default_grad = table3_token("mhpo", {}, ratio, adv, 1.5, DEFAULT_HAZARDS)
+            from_default[0] = max(from_default[0], (expected - default).abs().item() / abs(adv))
+            from_default[1] = max(from_default[1], (expected_grad - default_grad).abs().item() / abs(adv))
+    assert max_value_diff < 1e-14 and max_grad_diff < 1e-14
+    if hazards != DEFAULT_HAZARDS:
+        # the reference tells the variant from the defaults (by far more than the tolerance above), so a variant
+        # that were silently the default loss fails this test
+        assert min(from_default) > 0.1
+
+
+def test_mhpo_lfm_extreme_log_ratios_are_exact():
+    # psi saturates at +-c: J = exp(+-1.5) A = 4.481689 A / 0.223130 A, gradient 0 (sech^2 underflows)
+    for log_r, value in ((1e5, math.exp(1.5)), (-1e5, math.exp(-1.5))):
+        out, grad = _finite_loss_and_grad(
+            "mhpo_lfm", torch.tensor([[log_r]], dtype=F64), torch.zeros(1, 1, dtype=F64),
+            torch.tensor([1.0], dtype=F64), torch.ones(1, 1))
+        assert out.loss.item() == pytest.approx(-value, rel=1e-14)
+        assert grad.item() == 0.0
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_mhpo_sym_is_mhpo_with_both_pairs_set(aggregation):
+    logprobs, old, adv, mask, _ = random_batch(31, spread=1.0)
+    for k, lam in ((3.0, 0.8), (1.0, 2.0)):
+        sym, sym_grad = _loss_and_grad(build_loss("mhpo_sym", k=k, lam=lam, aggregation=aggregation),
+                                       logprobs, old, adv, mask)
+        full = build_loss("mhpo", k_pos=k, lambda_pos=lam, k_neg=k, lambda_neg=lam, aggregation=aggregation)
+        both, both_grad = _loss_and_grad(full, logprobs, old, adv, mask)
+        assert torch.equal(sym.loss, both.loss) and torch.equal(sym_grad, both_grad)
+        assert sym.metrics.keys() == both.metrics.keys()
+        assert all(torch.equal(sym.metrics[key], both.metrics[key]) for key in sym.metrics)

@@ -52,6 +52,21 @@ def test_loss_variants_and_their_scales():
             parse_losses(bad)
 
 
+def test_table3_mhpo_variants_are_study_losses(base_config, tmp_path):
+    from mhpo_vl.losses import build_loss
+
+    variants = parse_losses("mhpo_lfm,mhpo_sym,mhpo_sym_x0.5")
+    assert [(v.label, v.loss, v.scale) for v in variants] == [
+        ("mhpo_lfm", "mhpo_lfm", 1.0), ("mhpo_sym", "mhpo_sym", 1.0), ("mhpo_sym_x0.5", "mhpo_sym", 0.5)]
+    plan = make_plan(base_config, "mhpo_lfm,mhpo_sym", "1", "demo", tmp_path / "s", [])
+    built = {}
+    for run in plan.runs():
+        cfg = plan.run_config(run)
+        assert cfg.algorithm.loss == run.variant.loss and cfg.algorithm.loss_params == {}  # base's {c: 1.0} replaced
+        built[run.variant.label] = build_loss(cfg.algorithm.loss, **cfg.algorithm.loss_kwargs()).params
+    assert built == {"mhpo_lfm": {"c": 1.5}, "mhpo_sym": {"c": 1.5, "k": 3.0, "lam": 0.8}}  # Table 3's settings
+
+
 def test_under_adamw_a_scaled_loss_is_the_unscaled_loss_with_a_looser_clip():
     """What the grpo_xmhpo control controls for (docs/study.md, "The control"): with the trainer's optimiser (AdamW)
     and clipping (Runtime.step), s x L clipped at g takes the same updates as L clipped at g / s, and not those of

@@ -1,7 +1,8 @@
 """Policy losses, chosen by name from a plain table (METHOD.md has every formula).
 
     from mhpo_vl.losses import build_loss
-    fn = build_loss("mhpo")                          # or "grpo", "dapo", "gspo", "sapo", with parameters
+    fn = build_loss("mhpo")                          # or "grpo", "dapo", "gspo", "sapo", with parameters;
+                                                     # "mhpo_lfm", "mhpo_sym": Table 3's MHPO variants (mhpo.py)
     out = fn(logprobs_NT, old_logprobs_NT, advantages_N, mask_NT)   # -> LossOutput(loss, metrics)
 
 Every loss accepts, besides its own parameters:
@@ -38,6 +39,8 @@ LOSSES: dict[str, LossSpec] = {
     "gspo": gspo.SPEC,
     "sapo": sapo.SPEC,
     "mhpo": mhpo.SPEC,
+    "mhpo_lfm": mhpo.LFM_SPEC,  # Table 3(a): hazard-free, exp(psi) A
+    "mhpo_sym": mhpo.SYM_SPEC,  # Table 3(b)/(c): one (k, lam) for both hazards, defaults c 1.5, k 3.0, lam 0.8
 }
 
 

@@ -16,6 +16,19 @@ Note zeta(0) = (ln 2 / lambda_pos)^k_pos + (ln 2 / lambda_neg)^k_neg ~ 1.328 at 
 objective and its gradient carry the survival weight exp(-1.328) ~ 0.265 relative to GRPO: that is the paper's
 formula as written, implemented as such, and reported as ``survival_weight_mean``.
 
+Table 3's ablations are two more entries of the loss table, so a config or ``mhpo-vl study --losses`` names them
+like any loss (one way each; ``mhpo`` itself keeps the Sec. 4.1 defaults and its parameter ranges):
+
+- ``mhpo_lfm``, the hazard-free variant of Table 3(a) (LFM only; parameter ``c``, default 1.5):
+  ``J = exp(psi(r)) A``. With no zeta there is nothing to stop the gradient of, so the gradient is the full one,
+  ``dJ / d log pi_theta = M(r) A`` with ``M(r) = exp(psi) sech^2(log r / c)``: M(1) = 1 and J(1) = A (GRPO's
+  on-policy value and gradient), peak M = exp(c t)(1 - t^2) at tanh(log r / c) = t = (sqrt(1 + c^2) - 1) / c
+  (1.593 at log r = 0.896 for c = 1.5), still below exp(c^2 / 4). Survival weight 1, zeta 0 everywhere.
+  A zero hazard is not spelt lambda = 0 (that would be an infinite hazard: H = (x / lambda)^k).
+- ``mhpo_sym``, Table 3(b)/(c)'s symmetric hazards: ``mhpo`` with k_pos = k_neg = ``k`` and
+  lambda_pos = lambda_neg = ``lam``; defaults are Table 3's best, c = 1.5, k = 3.0, lam = 0.8 (zeta(0) = 1.301,
+  on-policy survival weight 0.272). The same numbers as ``mhpo`` with those four parameters set, bit for bit.
+
 Speed: the per-token objective is one autograd Function that computes psi, zeta, J and M(r) A in the forward
 pass and saves only M(r) A, so the backward pass is a single multiply (and M is already there for diagnostics).
 """
@@ -29,6 +42,7 @@ from torch.autograd.function import once_differentiable
 from .base import LossInput, LossSpec, TokenLoss, masked_fraction, masked_max, masked_mean, positive
 
 DEFAULTS = {"c": 1.5, "k_pos": 1.5, "lambda_pos": 1.0, "k_neg": 2.0, "lambda_neg": 0.8}
+SYMMETRIC_DEFAULTS = {"c": 1.5, "k": 3.0, "lam": 0.8}  # Table 3's best symmetric hazards (mhpo_sym)
 
 
 def lfm_psi(log_ratio: Tensor, c: float = DEFAULTS["c"]) -> Tensor:
@@ -63,6 +77,12 @@ def grad_multiplier(log_ratio: Tensor, c: float = DEFAULTS["c"], **hazard_params
     return torch.exp(psi - dhp_zeta(psi, **hazard_params)) * (1.0 - tanh * tanh)
 
 
+def lfm_grad_multiplier(log_ratio: Tensor, c: float = DEFAULTS["c"]) -> Tensor:
+    """M(r) = exp(psi) sech^2(log r / c) = dJ / d log pi_theta divided by A for the hazard-free J = exp(psi) A."""
+    tanh = torch.tanh(log_ratio / c)
+    return torch.exp(c * tanh) * (1.0 - tanh * tanh)
+
+
 def on_policy_factor(**hazard_params: float) -> float:
     """exp(-zeta(0)): the survival weight of an on-policy token (r = 1, psi = 0), which multiplies MHPO's objective
     and gradient relative to GRPO's there; ~0.265 at the defaults. The study's GRPO control is scaled by it."""
@@ -78,7 +98,7 @@ class _MHPOTokenLoss(torch.autograd.Function):
     """Per-token loss -J = -exp(psi - sg[zeta(psi)]) A, saving d(-J)/d log r = -M(r) A from the forward pass."""
 
     @staticmethod
-    def forward(ctx, log_ratio_NT, advantages_NT, c, k_pos, lambda_pos, k_neg, lambda_neg):  # type: ignore[override]
+    def forward(ctx, log_ratio_NT, advantages_NT, c, k_pos, lambda_pos, k_neg, lambda_neg):
         # Same formulas as lfm_psi / dhp_zeta / grad_multiplier, written with in-place ops to save allocations.
         tanh_NT = torch.div(log_ratio_NT, c).tanh_()
         psi_NT = tanh_NT * c
@@ -94,7 +114,7 @@ class _MHPOTokenLoss(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss_NT, _grad_psi, _grad_zeta, _grad_multiplier):  # type: ignore[override]
+    def backward(ctx, grad_loss_NT, _grad_psi, _grad_zeta, _grad_multiplier):
         (loss_slope_NT,) = ctx.saved_tensors  # d loss / d log r = -M(r) A
         return grad_loss_NT * loss_slope_NT, None, None, None, None, None, None
 
@@ -117,6 +137,47 @@ def token_loss(
     return TokenLoss(loss_NT, metrics)
 
 
+class _LFMTokenLoss(torch.autograd.Function):
+    """Hazard-free per-token loss -J = -exp(psi) A, saving d(-J)/d log r = -exp(psi) sech^2(log r / c) A."""
+
+    @staticmethod
+    def forward(ctx, log_ratio_NT, advantages_NT, c):
+        tanh_NT = torch.div(log_ratio_NT, c).tanh_()
+        psi_NT = tanh_NT * c
+        weight_NT = psi_NT.exp()
+        multiplier_NT = tanh_NT.square_().neg_().add_(1.0).mul_(weight_NT)  # exp(psi) sech^2
+        neg_advantages_NT = -advantages_NT
+        ctx.save_for_backward(multiplier_NT * neg_advantages_NT)
+        ctx.mark_non_differentiable(psi_NT, multiplier_NT)
+        return weight_NT * neg_advantages_NT, psi_NT, multiplier_NT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss_NT, _grad_psi, _grad_multiplier):
+        (loss_slope_NT,) = ctx.saved_tensors
+        return grad_loss_NT * loss_slope_NT, None, None
+
+
+def lfm_token_loss(inp: LossInput, *, c: float) -> TokenLoss:
+    """Table 3(a)'s hazard-free MHPO: J = exp(psi(r)) A (zeta = 0, survival weight 1)."""
+    loss_NT, psi_NT, multiplier_NT = _LFMTokenLoss.apply(inp.log_ratio_NT, inp.advantages_NT, c)
+    with torch.no_grad():
+        metrics = {
+            "psi_mean": masked_mean(psi_NT, inp),
+            "zeta_mean": inp.num_tokens.new_zeros(()),
+            "survival_weight_mean": inp.num_tokens.new_ones(()),
+            "grad_multiplier_mean": masked_mean(multiplier_NT, inp),
+            "grad_multiplier_max": masked_max(multiplier_NT, inp, empty_value=0.0),
+            "frac_logratio_beyond_c": masked_fraction(inp.log_ratio_NT.abs() > c, inp),
+        }
+    return TokenLoss(loss_NT, metrics)
+
+
+def sym_token_loss(inp: LossInput, *, c: float, k: float, lam: float) -> TokenLoss:
+    """Table 3(b)/(c)'s symmetric hazards: :func:`token_loss` with (k, lam) for both directions."""
+    return token_loss(inp, c=c, k_pos=k, lambda_pos=lam, k_neg=k, lambda_neg=lam)
+
+
 SPEC = LossSpec(
     name="mhpo",
     token_loss=token_loss,
@@ -125,4 +186,21 @@ SPEC = LossSpec(
     summary="exp(psi - sg zeta(psi)) A, psi = c tanh(log r / c), Weibull hazards of softplus(+-psi)",
 )
 
-__all__ = ["lfm_psi", "dhp_zeta", "survival_weight", "on_policy_factor", "grad_multiplier", "grad_multiplier_bound", "token_loss", "SPEC"]
+LFM_SPEC = LossSpec(
+    name="mhpo_lfm",
+    token_loss=lfm_token_loss,
+    params=(positive("c", DEFAULTS["c"]),),
+    default_aggregation="seq-mean-token-mean",
+    summary="hazard-free MHPO (Table 3a): exp(psi) A, psi = c tanh(log r / c)",
+)
+
+SYM_SPEC = LossSpec(
+    name="mhpo_sym",
+    token_loss=sym_token_loss,
+    params=tuple(positive(name, default) for name, default in SYMMETRIC_DEFAULTS.items()),
+    default_aggregation="seq-mean-token-mean",
+    summary="MHPO with one (k, lam) for both hazards (Table 3b/c), best c 1.5, k 3.0, lam 0.8",
+)
+
+__all__ = ["lfm_psi", "dhp_zeta", "survival_weight", "on_policy_factor", "grad_multiplier", "grad_multiplier_bound",
+           "lfm_grad_multiplier", "token_loss", "lfm_token_loss", "sym_token_loss", "SPEC", "LFM_SPEC", "SYM_SPEC"]

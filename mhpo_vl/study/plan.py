@@ -48,7 +48,8 @@ class LossVariant:
 
 def parse_losses(text: str) -> list[LossVariant]:
     """``mhpo,grpo,grpo_x0.5,grpo_xmhpo``: a loss name, or NAME_xS for NAME with its policy term times S;
-    ``_xmhpo`` is S = exp(-zeta(0)), MHPO's on-policy factor at its defaults (~0.265), taken from the MHPO module."""
+    ``_xmhpo`` is S = exp(-zeta(0)), MHPO's on-policy factor at its defaults (~0.265), taken from the MHPO module.
+    Any name of the loss table works, Table 3's MHPO variants included: ``mhpo_lfm`` (no hazard), ``mhpo_sym``."""
     from mhpo_vl.losses import LOSSES
     from mhpo_vl.losses.mhpo import on_policy_factor
 

@@ -16,6 +16,8 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -24,6 +26,13 @@ from mhpo_vl.models.policy import forward_replaced
 
 T = TypeVar("T")
 
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0  # trainer.collective_timeout_s's default: torch's own for gloo (30 min)
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A collective did not complete within trainer.collective_timeout_s: another rank stopped answering (hung,
+    stopped, or on a lost machine)."""
+
 
 class Runtime:
     """Process state from accelerate (one process, `accelerate launch`, or torchrun); the optimiser step from
@@ -31,11 +40,16 @@ class Runtime:
     which runs on CPU with gloo as well as on GPUs)."""
 
     def __init__(self, *, device: str = "auto", deepspeed_config: str | None = None, micro_steps_per_update: int = 1,
-                 micro_batch_size: int = 1, max_grad_norm: float = 1.0):
+                 micro_batch_size: int = 1, max_grad_norm: float = 1.0,
+                 collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S):
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
 
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-        self.accelerator = Accelerator(cpu=use_cpu)
+        self.collective_timeout = timedelta(seconds=collective_timeout_s)
+        # The process group's timeout: a collective waiting longer for a rank fails instead of hanging the job.
+        self.accelerator = Accelerator(cpu=use_cpu,
+                                       kwargs_handlers=[InitProcessGroupKwargs(timeout=self.collective_timeout)])
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
@@ -58,10 +72,22 @@ class Runtime:
                 for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29400 + os.getpid() % 500)),
                                    ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
                     os.environ.setdefault(key, value)
+            deepspeed.init_distributed(timeout=self.collective_timeout)  # reuses accelerate's group when there is one
+            self._deepspeed_world_group()
             model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                           config=self._deepspeed_dict(model))
         self.model, self.optimizer = model, optimizer
         return model, optimizer
+
+    def _deepspeed_world_group(self) -> None:
+        """ZeRO's gradient and parameter collectives run on DeepSpeed's clone of the world group, which it makes
+        with torch.distributed.new_group and no timeout (so torch's default, 30 min for gloo, 10 for NCCL, not
+        trainer.collective_timeout_s). Making that clone here, with the timeout, is what it then uses."""
+        from deepspeed.utils import groups
+
+        if getattr(groups, "_WORLD_GROUP", "absent") is None:
+            groups._WORLD_GROUP = torch.distributed.new_group(ranks=list(range(torch.distributed.get_world_size())),
+                                                              timeout=self.collective_timeout)
 
     def _deepspeed_dict(self, model: torch.nn.Module) -> dict[str, Any]:
         """The shipped JSON with the trainer-owned numbers filled in and every remaining "auto" resolved."""
@@ -159,7 +185,8 @@ class Runtime:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
         flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        with self._collective("the gradient all-reduce"):
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
         offset = 0
         for g in grads:
             n = g.numel()
@@ -167,10 +194,29 @@ class Runtime:
             offset += n
 
     # ---- collectives ----------------------------------------------------------------------------------------
+    @contextmanager
+    def _collective(self, what: str) -> Iterator[None]:
+        """A timed-out collective as an error that says so, names this rank and, where it can be told, the rank
+        that stopped answering (with 2 processes, the other one; gloo and NCCL do not say which peer it was)."""
+        try:
+            yield
+        except RuntimeError as exc:
+            text = str(exc).lower()
+            if "timed out" not in text and "timeout" not in text:
+                raise
+            others = [r for r in range(self.world_size) if r != self.rank]
+            who = (f"rank {others[0]} stopped answering" if len(others) == 1 else
+                   f"one of ranks {', '.join(map(str, others))} stopped answering (the backend does not say which)")
+            raise CollectiveTimeoutError(
+                f"rank {self.rank}: {what} did not complete within trainer.collective_timeout_s="
+                f"{self.collective_timeout.total_seconds():g} s: {who} (hung, stopped, or its machine was lost). "
+                f"The backend said: {str(exc).strip()[:300]}") from exc
+
     def all_reduce_sum(self, values: Iterable[float]) -> list[float]:
         t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         if self.world_size > 1:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+            with self._collective("an all-reduce"):
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         return t.tolist()
 
     def all_agree(self, flag: bool) -> bool:
@@ -184,19 +230,22 @@ class Runtime:
         if self.world_size == 1:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        with self._collective("an all-reduce (max)"):
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())
 
     def all_gather_objects(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
+        with self._collective("an all-gather"):
+            torch.distributed.all_gather_object(out, obj)
         return out
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            torch.distributed.barrier()
+            with self._collective("a barrier"):
+                torch.distributed.barrier()
 
     # ---- state ----------------------------------------------------------------------------------------------
     def iter_full_weights(self, only: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:

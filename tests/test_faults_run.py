@@ -160,7 +160,7 @@ def test_overwrite_clears_the_old_run_before_the_new_one_starts(tmp_path, tiny_v
         assert run_dir.open() is None  # a new run: nothing to resume
     finally:
         run_dir.release()
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "mhpo-vl-run.json", "notes.txt"]
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.25
     assert "overwrite" in caplog.text and "metrics.jsonl" in caplog.text
 
@@ -523,3 +523,212 @@ def test_a_damaged_checkpoint_and_a_torn_metrics_line_are_survived_and_wall_time
     assert summary["wall_seconds"] >= step3_state["wall_seconds"]
     assert (out / "checkpoints" / "damaged-step_000004").is_dir()
     assert CheckpointManager(out).resume_point().name == "step_000004"
+
+
+# ------------------------------------------ issue 22: data binding, preemption, retention, grading counts ----
+# Fast: the trainer built from the fakes of tests/test_trainer_fakes.py (a tiny in-process LM), with save_pretrained
+# so that checkpoints are real folders.
+
+def _fake_trainer(out: Path, *overrides: str, samples=None, reward_fn=None, sampler=None):
+    from types import SimpleNamespace
+
+    from test_trainer_fakes import FixedEncoder, FixedSampler, TinyLM, fixed_reward
+
+    from mhpo_vl.train import build_trainer
+    from mhpo_vl.types import Sample
+
+    class SavableLM(TinyLM):
+        def save_pretrained(self, folder, state_dict=None, safe_serialization=True):
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in (state_dict or self.state_dict()).items()},
+                      str(Path(folder) / "model.safetensors"))
+
+    class Processor:
+        def save_pretrained(self, folder):
+            (Path(folder) / "processor.json").write_text("{}")
+
+    cfg = load_config(None, [
+        f"trainer.output_dir={out}", "trainer.device=cpu", "trainer.num_threads=1", "rollout.n=2",
+        "trainer.rollout_batch_size=4", "trainer.minibatch_size=2", "trainer.micro_batch_size=2",
+        "algorithm.loss=grpo", "optim.lr=0.05", "trainer.total_steps=3", "trainer.val_every=0",
+        "trainer.save_every=10", *overrides])
+    torch.manual_seed(0)
+    if samples is None:
+        samples = [Sample(id=str(i), source="fake", split="train", question=f"q{i}", answer="right") for i in range(8)]
+    policy = SimpleNamespace(model=SavableLM(), processor=Processor(), tokenizer=SimpleNamespace(pad_token_id=0))
+    return build_trainer(cfg, policy=policy, encoder=FixedEncoder(), datasets=(samples, samples[:2]),
+                         reward_fn=reward_fn or fixed_reward, sampler=sampler or FixedSampler())
+
+
+def _signal_at_step(sig, step):
+    """A FixedSampler that sends this process `sig` while it generates for step `step` (1-based): mid-step."""
+    from test_trainer_fakes import FixedSampler
+
+    class Signalling(FixedSampler):
+        calls = 0
+
+        def generate(self, prompts, config):
+            self.calls += 1
+            if self.calls == step:
+                os.kill(os.getpid(), sig)
+            return super().generate(prompts, config)
+
+    return Signalling()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_mid_step_finishes_the_step_saves_it_and_the_rerun_loses_nothing(tmp_path, sig):
+    """Item 7: the signal arrives while step 2 generates; step 2 completes, is checkpointed (save_every=10 would not
+    have saved before step 3), fit raises Preempted; the rerun resumes from step 2 and runs only step 3."""
+    from mhpo_vl.runs.preemption import Preempted
+
+    trainer = _fake_trainer(tmp_path, "trainer.val_before_train=false", sampler=_signal_at_step(sig, 2))
+    with pytest.raises(Preempted) as stopped:
+        trainer.fit()
+    assert stopped.value.signal_name == sig.name and stopped.value.step == 2
+    assert CheckpointManager(tmp_path).latest().name == "step_000002"
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert trainer.run_dir.lock is None  # closed: the rerun may take the directory
+    assert signal.getsignal(sig) is signal.default_int_handler or signal.getsignal(sig) == signal.SIG_DFL
+    rerun = _fake_trainer(tmp_path, "trainer.val_before_train=false")
+    assert rerun.resumed_from.endswith("step_000002")
+    rerun.fit()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_a_stop_signal_during_the_warm_start_saves_the_warm_started_weights(tmp_path, monkeypatch):
+    """Item 7 (warm-start): the warm-started weights become checkpoint step 0 when the warm-start ends; a SIGTERM
+    during it stops the run there, and the rerun resumes from step 0 without warming up again. Item 10: with
+    trainer.val_before_train=false no validation runs before the warm-start either."""
+    import mhpo_vl.train.warmstart as warmstart
+    from mhpo_vl.runs.preemption import Preempted
+
+    warm_starts = []
+
+    def fake_warmstart(model, *args, **kwargs):
+        warm_starts.append(1)
+        with torch.no_grad():
+            model.lm_head.weight.add_(1.0)  # what the rerun must get back from the checkpoint
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {"warmstart_steps": 5, "warmstart_final_loss": 0.5, "warmstart_seconds": 1.0}
+
+    monkeypatch.setattr(warmstart, "run_warmstart", fake_warmstart)
+    overrides = ("warmstart.steps=5", "trainer.val_before_train=false", "trainer.val_every=1")
+    trainer = _fake_trainer(tmp_path, *overrides)
+    validations = []
+    real_validate = trainer.validate
+    monkeypatch.setattr(trainer, "validate", lambda: validations.append(1) or real_validate())
+    with pytest.raises(Preempted) as stopped:
+        trainer.fit()
+    assert stopped.value.step == 0 and validations == []  # val_before_train=false: none before the warm-start
+    assert CheckpointManager(tmp_path).latest().name == "step_000000"
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "checkpoints" / "step_000000" / "model.safetensors"))
+    torch.testing.assert_close(saved["lm_head.weight"], trainer.rt.unwrapped().lm_head.weight.detach())
+    rerun = _fake_trainer(tmp_path, *overrides)
+    assert rerun.resumed_from.endswith("step_000000")
+    summary = rerun.fit()
+    assert warm_starts == [1] and summary["warmstart_steps"] == 5  # not warmed up again; its results kept
+
+
+def test_a_damaged_latest_checkpoint_always_has_an_intact_one_behind_it(tmp_path):
+    """Item 10: the best checkpoint is the latest (a single copy under the old keep_last=1 default): the previous
+    one is kept too, so truncating the latest's weights resumes from the one before."""
+    from mhpo_vl.config import TrainerConfig
+
+    assert TrainerConfig().keep_last == 2
+    mgr = CheckpointManager(tmp_path, keep_last=1)  # even at 1
+    for step, acc in [(2, 0.2), (4, 0.5)]:
+        _save(mgr, step, acc)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_000002", "step_000004"]
+    _damage(tmp_path / "checkpoints" / "step_000004" / "model.safetensors", "truncate")
+    assert mgr.resume_point().name == "step_000002"
+
+
+def test_a_null_image_cell_says_the_cell_is_null_naming_row_and_column():
+    """Item 10: a column that exists with a null in this row is not a missing column."""
+    from mhpo_vl.datasets.base import Record, get_field
+    from mhpo_vl.images import DataError
+
+    with pytest.raises(DataError) as err:
+        get_field(Record({"question": "q", "image": None}, "train.jsonl", 7), "image")
+    assert str(err.value) == ("train.jsonl: row 7: field 'image': the cell is null (the column is present; this row "
+                              "has no value in it)")
+    with pytest.raises(DataError, match="missing column"):
+        get_field(Record({"question": "q"}, "train.jsonl", 7), "image")
+
+
+def test_grading_timeouts_and_errors_reach_metrics_every_step(tmp_path):
+    """Item 5 (metrics): RewardOutput.metrics() counts timeouts and grading errors; the trainer logs them each step
+    (summed over the step's reward calls and the ranks). A user's reward without metrics() still trains."""
+    from mhpo_vl.grading.grader import Verdict
+    from mhpo_vl.grading.reward import RewardOutput
+
+    def reward(samples, texts, truncated=None):
+        verdicts = [Verdict(correct=t == "right", prediction=None, format_ok=True) for t in texts]
+        verdicts[0] = Verdict(False, None, False, timed_out=True, error="timeout")
+        verdicts[1] = Verdict(False, None, False, error="worker died")
+        return RewardOutput([float(v.correct) for v in verdicts], verdicts)
+
+    trainer = _fake_trainer(tmp_path / "a", "trainer.total_steps=2", "trainer.save_every=0", reward_fn=reward)
+    trainer.fit()
+    rows = [r for r in read_metrics(tmp_path / "a") if "reward/mean" in r]
+    assert [(r["step"], r["reward/timeouts"], r["reward/grading_errors"]) for r in rows] == [(1, 1.0, 1.0),
+                                                                                              (2, 1.0, 1.0)]
+    plain = _fake_trainer(tmp_path / "b", "trainer.total_steps=1", "trainer.save_every=0")  # SimpleNamespace result
+    plain.fit()
+    assert "reward/timeouts" not in read_metrics(tmp_path / "b")[-1]
+
+
+def _samples(n: int, answer: str = "right"):
+    from mhpo_vl.types import Sample
+
+    return [Sample(id=str(i), source="fake", split="train", question=f"q{i}", answer=answer) for i in range(n)]
+
+
+@pytest.mark.parametrize("change", ["rows", "content"])
+def test_a_resume_on_changed_data_is_refused_naming_the_dataset(tmp_path, change):
+    """Item 2: a checkpointed run, its training rows then changed (one fewer / one answer edited): the resume is
+    refused naming data.train and what changed, touching nothing; with allow_config_change it resumes, recorded."""
+    from mhpo_vl.runs.run_dir import RunDirError
+
+    first = _fake_trainer(tmp_path, samples=_samples(8))
+    first.save_checkpoint(None)
+    first.close()
+    changed = _samples(7) if change == "rows" else _samples(8)
+    if change == "content":
+        changed[5].answer = "other"
+    before = _run_files(tmp_path)
+    with pytest.raises(RunDirError) as err:
+        _fake_trainer(tmp_path, samples=changed)
+    expected = "data.train: 8 rows -> 7 rows" if change == "rows" else "data.train: other content in the same 8 rows"
+    assert expected in str(err.value) and "trainer.allow_config_change=true" in str(err.value)
+    assert "data.val" not in str(err.value)
+    assert _run_files(tmp_path) == before
+    allowed = _fake_trainer(tmp_path, "trainer.allow_config_change=true", samples=changed)
+    allowed.close()
+    assert allowed.resumed_from.endswith("step_000000")
+    record = json.loads((tmp_path / "config_changes.jsonl").read_text().splitlines()[-1])
+    assert record["data_changes"][0].startswith(expected) and record["resumed_from"] == "step_000000"
+    again = _fake_trainer(tmp_path, samples=changed)  # now bound to the changed data
+    again.close()
+
+
+@pytest.mark.parametrize("flags", [[], ["trainer.allow_config_change=true"], ["trainer.overwrite=true"]])
+def test_a_folder_of_another_tool_is_refused_and_never_cleaned(tmp_path, flags):
+    """Item 10 / 3: config.yaml and checkpoints/ written by another tool (no mhpo-vl marker) are not a run: refused
+    whatever the flags, every file left as it was (allow_config_change used to delete checkpoints/, tensorboard/)."""
+    from mhpo_vl.runs.run_dir import RunDirError
+
+    (tmp_path / "config.yaml").write_text("trainer:\n  max_epochs: 3\nmodel:\n  class_path: my.Model\n"
+                                          "seed_everything: 1\n")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch=1.ckpt").write_bytes(b"weights")
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events.out.tfevents.1").write_bytes(b"events")
+    before = _run_files(tmp_path)
+    with pytest.raises(RunDirError, match="mhpo-vl-run.json.*not made by mhpo-vl train"):
+        _fake_trainer(tmp_path, *flags)
+    assert _run_files(tmp_path) == before

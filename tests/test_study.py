@@ -172,9 +172,11 @@ def test_runner_skips_done_resumes_partial_starts_over_new_and_records_divergenc
     lines = []
     launch = FakeLaunch(plan, diverge={diverging.name}, fail={failing.name})
     result = run_study(plan, launch=launch, log=lines.append)
-    # The partial run keeps its metrics (the trainer truncates them at its checkpoint); the stale one starts clean.
+    # The study deletes no file of a run: the partial run keeps its metrics (the trainer truncates them at its
+    # checkpoint) and so does the stale one (the trainer, holding the run's lock, removes an attempt without a
+    # checkpoint: tests/test_faults_run.py::test_a_rerun_after_a_kill_before_the_first_checkpoint_starts_clean).
     assert [(name, had_metrics) for name, _, had_metrics in launch.calls] == [
-        (partial.name, True), (stale.name, False), (diverging.name, False), (failing.name, False), (fresh.name, False)]
+        (partial.name, True), (stale.name, True), (diverging.name, False), (failing.name, False), (fresh.name, False)]
     _, command, _ = launch.calls[2]
     assert command[:4] == [sys.executable, "-m", "mhpo_vl.cli", "train"]
     assert command[4:8] == ["--config", base_config, "--output-dir", str(diverging.dir)]
@@ -424,3 +426,50 @@ def test_a_tiny_study_end_to_end_then_a_rerun_skips_it(tmp_path, warm_tiny_vl_mo
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count(": done, skipped") == 2 and "starting" not in again.stdout
     assert stamps == {loss: (d / "summary.json").stat().st_mtime_ns for loss, d in runs.items()}
+
+
+# ------------------------------------------------------------ issue 22 item 3: lock, foreign folders, validation ----
+
+
+def test_a_second_study_on_the_same_folder_is_refused_and_deletes_nothing(base_config, tmp_path):
+    """Two `study` on one folder used to delete each other's metrics (the runner removed a "new" run's
+    metrics.jsonl before the trainer took its lock). The study now holds its folder's lock throughout."""
+    plan = make_plan(base_config, "mhpo", "1", "demo", tmp_path / "s", [])
+    (run,) = plan.runs()
+    refused = []
+
+    def first_launch(command, log_path):
+        (run.dir / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n')  # the first study's run trains
+        with pytest.raises(StudyError, match=r"in use by pid \d+ .*\(study"):
+            run_study(load_plan(plan.out_dir), launch=FakeLaunch(plan), log=lambda _: None)
+        refused.append(True)
+        assert (run.dir / "metrics.jsonl").read_text() == '{"step": 1, "reward/mean": 0.5}\n'
+        return FakeLaunch(plan)(command, log_path)
+
+    result = run_study(plan, launch=first_launch, log=lambda _: None)
+    assert refused == [True] and result.ran == [run.name]
+    assert not (plan.out_dir / "mhpo-vl.lock").exists()  # released when the study ended
+
+
+def test_a_study_refuses_a_run_folder_another_tool_wrote_and_cleans_nothing(base_config, tmp_path):
+    plan = make_plan(base_config, "mhpo", "1", "demo", tmp_path / "s", [])
+    (run,) = plan.runs()
+    run.dir.mkdir(parents=True)
+    (run.dir / "metrics.jsonl").write_text("not ours\n")
+    (run.dir / "checkpoints").mkdir()
+    (run.dir / "checkpoints" / "model.ckpt").write_bytes(b"w")
+    launch = FakeLaunch(plan)
+    with pytest.raises(StudyError, match="no mhpo-vl-run.json .*not made by mhpo-vl train"):
+        run_study(plan, launch=launch, log=lambda _: None)
+    assert launch.calls == [] and (run.dir / "metrics.jsonl").read_text() == "not ours\n"
+    assert (run.dir / "checkpoints" / "model.ckpt").is_file()
+
+
+def test_a_study_with_validation_off_is_refused_before_training(base_config, tmp_path):
+    """The summary compares held-out accuracies: with trainer.val_every=0 every run used to train and the summary
+    then failed with a traceback."""
+    plan = make_plan(base_config, "mhpo", "1", "demo", tmp_path / "s", ["trainer.val_every=0"])
+    launch = FakeLaunch(plan)
+    with pytest.raises(StudyError, match=r"trainer.val_every=0 turns validation off.*trainer.val_every > 0"):
+        run_study(plan, launch=launch, log=lambda _: None)
+    assert launch.calls == []

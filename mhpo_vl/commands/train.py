@@ -2,6 +2,8 @@
 
 Libraries' output (vLLM, transformers, torch, warnings, C-level prints) goes to <output_dir>/logs/train.log;
 the terminal shows set-up lines, progress bars, validations and the summary (`--verbose`: everything live).
+Exit status: 0 done, 2 settings / run directory refused, 3 diverged, 75 stopped by SIGTERM or SIGUSR1 after saving a
+checkpoint (rerun to continue; mhpo_vl.runs.preemption), 1 any other error.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mhpo_vl.runs import console
     from mhpo_vl.config import load_config
+    from mhpo_vl.runs import console
 
     overrides = list(args.overrides)
     if args.output_dir:
@@ -29,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("data.skip_bad=true")
     cfg = load_config(args.config, overrides)  # a ConfigError is one line on stderr (mhpo_vl.cli), exit 2
     from mhpo_vl.runs.checkpoints import CheckpointError
+    from mhpo_vl.runs.preemption import PREEMPTED_EXIT_CODE, Preempted
     from mhpo_vl.runs.run_dir import RunDirError
 
     log = console.log_path(cfg.trainer.output_dir, "train")
@@ -45,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         except TrainingDivergedError as e:
             console.line(f"mhpo-vl train: {e}", error=True)
             return 3
+        except Preempted as e:  # SIGTERM / SIGUSR1: a checkpoint was written; the scheduler may requeue the job
+            console.line(f"mhpo-vl train: {e}", error=True)
+            return PREEMPTED_EXIT_CODE
     if trainer.rt.is_main:
         keys = ("val_accuracy_before_warmstart", "val_accuracy_initial", "val_accuracy_final", "val_accuracy_best",
                 "steps", "wall_seconds")

@@ -253,10 +253,14 @@ class TrainerConfig:
     val_every: int = non_negative(5, ">= 0 (0: no validation during training)")
     val_before_train: bool = True
     save_every: int = non_negative(5, ">= 0 (0: no checkpoints)")
-    keep_last: int = positive(1, ">= 1")  # latest checkpoints kept (besides the best)
+    # latest checkpoints kept besides the best; 2, so a damaged latest one always has an intact one behind it
+    keep_last: int = positive(2, ">= 1")
     # stop after this many skipped (non-finite) updates in a row
     max_consecutive_nonfinite: int = positive(3, ">= 1")
     deepspeed: str | None = None  # path to a DeepSpeed JSON config (ZeRO-2/3); None = plain torch
+    # Seconds a collective may wait for the other ranks before it fails (the process group's timeout, also
+    # DeepSpeed's): a stopped or hung rank then ends the job instead of holding every GPU. docs/distributed.md
+    collective_timeout_s: float = positive(1800.0)
     resume: bool = True  # continue from the newest intact checkpoint in <output_dir> when one exists
     overwrite: bool = False  # start a new run in a used output_dir, removing the old run's files first
     allow_config_change: bool = False  # resume a run with settings that differ from its config.yaml (logged)

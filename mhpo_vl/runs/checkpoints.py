@@ -116,7 +116,7 @@ def _is_disk_full(exc: BaseException, folder: Path) -> bool:
 
 
 class CheckpointManager:
-    def __init__(self, output_dir: str | Path, keep_last: int = 1):
+    def __init__(self, output_dir: str | Path, keep_last: int = 2):
         self.root = Path(output_dir) / "checkpoints"
         self.keep_last = max(1, keep_last)
 
@@ -213,9 +213,16 @@ class CheckpointManager:
         write_durably(self.root / "index.json", json.dumps(index, indent=1))
 
     def _prune(self, index: dict[str, Any]) -> None:
-        """Keep the newest `keep_last` checkpoints and the best one; the history in index.json stays whole."""
-        newest_first = list(dict.fromkeys(h["name"] for h in reversed(index.get("history", []))))
+        """Keep the newest `keep_last` checkpoints and the best one, and never fewer than two: when the best is the
+        latest (keep_last=1), the previous one stays too, so a damaged latest checkpoint (a truncated file) always
+        has an intact one behind it to resume from. The history in index.json stays whole."""
+        on_disk = {path.name for path in self.root.glob("step_*")}
+        newest_first = [n for n in dict.fromkeys(h["name"] for h in reversed(index.get("history", []))) if n in on_disk]
         keep = set(newest_first[: self.keep_last]) | {index.get("best"), index.get("latest")}
+        for name in newest_first:
+            if len(keep & on_disk) >= 2:
+                break
+            keep.add(name)
         for path in self.root.glob("step_*"):
             if path.name not in keep:
                 shutil.rmtree(path, ignore_errors=True)

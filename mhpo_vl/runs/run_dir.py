@@ -12,6 +12,13 @@ mixed with another run's files.
 * Never mixed: `trainer.resume=false` in a used directory is refused unless `trainer.overwrite=true`, which first
   removes the old run's files (only those: other files in the directory stay). A rerun of a run that stopped before
   its first checkpoint starts again from step 0 with the earlier attempt's metrics removed.
+* Ours only: every run writes `mhpo-vl-run.json` (the marker) before anything else. A folder holding run-like files
+  (`config.yaml`, `checkpoints/`, ...) without it was made by another tool: it is refused, and nothing in it is
+  used or removed, whatever trainer.overwrite / allow_config_change say. (A run of a version that wrote no marker
+  is recognised by its config.yaml's sections and checkpoints/index.json, and adopted with a notice.)
+* Bound to its data: the marker holds each dataset's fingerprint (rows, sha256 of the loaded samples:
+  mhpo_vl.runs.fingerprint); a resume on changed data is refused naming the dataset and what changed, unless
+  `trainer.allow_config_change=true` (then logged and recorded in `config_changes.jsonl`, as settings are).
 """
 from __future__ import annotations
 
@@ -39,14 +46,18 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "mhpo-vl.lock"
 CHANGES_FILE = "config_changes.jsonl"
+MARKER_FILE = "mhpo-vl-run.json"  # written by every training run first: this folder is an mhpo-vl run
 # Everything a training run writes into its directory (the one list `trainer.overwrite` clears).
 RUN_FILES = ("config.yaml", CHANGES_FILE, "metrics.jsonl", "summary.json", "checkpoints", "tensorboard",
-             "wandb")
+             "wandb", MARKER_FILE)
+# The sections of config.yaml: a folder without the marker whose config.yaml has them is a run of an older version.
+CONFIG_SECTIONS = frozenset({"model", "data", "rollout", "reward", "algorithm", "optim", "warmstart", "trainer"})
 # What an attempt that reached no checkpoint leaves behind; config.yaml alone does not make a directory "used".
 ATTEMPT_FILES = ("metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "wandb")
 # Settings that do not change what a run computes, so a rerun may differ in them freely.
 NOT_BOUND = frozenset({"trainer.output_dir", "trainer.resume", "trainer.overwrite", "trainer.allow_config_change",
-                       "trainer.num_threads", "reward.num_workers", "trainer.loggers"})
+                       "trainer.num_threads", "reward.num_workers", "trainer.loggers", "trainer.collective_timeout_s",
+                       "trainer.keep_last"})
 UNSET = "<unset>"
 
 
@@ -223,7 +234,12 @@ class RunDirectory:
 
         self.lock = DirectoryLock(self.out, "training run").acquire()
         try:
+            self._check_ours()
             resume = self._prepare()
+            marker = self.read_marker()  # kept across resumes: when the run began, its data's fingerprints
+            marker.update(tool="mhpo-vl", what="training run")
+            marker.setdefault("created", time.strftime("%Y-%m-%d %H:%M:%S"))
+            write_durably(self.out / MARKER_FILE, json.dumps(marker, indent=1))  # before config.yaml: see _check_ours
             write_durably(self.out / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
         except BaseException:
             self.release()
@@ -232,6 +248,59 @@ class RunDirectory:
 
     def _used(self) -> list[str]:
         return [name for name in ATTEMPT_FILES if (self.out / name).exists()]
+
+    def read_marker(self) -> dict[str, Any]:
+        try:
+            marker = json.loads((self.out / MARKER_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return marker if isinstance(marker, dict) else {}
+
+    def _check_ours(self) -> None:
+        check_run_folder(self.out)
+
+    def bind_data(self, fingerprints: dict[str, dict[str, Any]], resume: Path | None, *, is_main: bool = True,
+                  share: Callable[[Any], list[Any]] = _single_process) -> None:
+        """Record the datasets' fingerprints (mhpo_vl.runs.fingerprint) in the marker; resuming (`resume` given),
+        compare them with the run's first: changed data is refused unless trainer.allow_config_change=true, then
+        logged and appended to config_changes.jsonl. Every process calls this; the main one does the work."""
+        error = None
+        if is_main:
+            try:
+                self._bind_data(fingerprints, resume)
+            except Exception as exc:  # re-raised below, after the other processes have heard of it
+                error = exc
+        message = share(str(error) if error else None)[0]
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RunDirError(f"the main process could not use {self.out}: {message}")
+
+    def _bind_data(self, fingerprints: dict[str, dict[str, Any]], resume: Path | None) -> None:
+        from mhpo_vl.runs.atomic_io import write_durably
+        from mhpo_vl.runs.fingerprint import describe_change
+
+        marker = self.read_marker()
+        saved = marker.get("data")
+        if resume is not None and not isinstance(saved, dict):
+            log.warning("%s: the run recorded no fingerprints of its data (an older version); recording the current "
+                        "data's now, so later resumes are checked against it", self.out)
+        elif resume is not None and isinstance(saved, dict):
+            changes = [change for key, now in fingerprints.items()
+                       if (change := describe_change(key, saved.get(key) or {}, now))]
+            listing = "\n  ".join(changes)
+            if changes and not self.cfg.trainer.allow_config_change:
+                raise RunDirError(
+                    f"{self.out} holds a run trained on other data; resuming it from {resume.name} would continue its "
+                    f"data order over changed rows:\n  {listing}\nTo continue it on this data anyway, add "
+                    "trainer.allow_config_change=true (recorded in config_changes.jsonl); to start it again, "
+                    "trainer.overwrite=true; or choose another trainer.output_dir")
+            if changes:
+                log.warning("trainer.allow_config_change=true: resuming %s on changed data:\n  %s", self.out, listing)
+                self._append_change({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed_from": resume.name,
+                                     "data_changes": changes})
+        marker["data"] = fingerprints
+        write_durably(self.out / MARKER_FILE, json.dumps(marker, indent=1))
 
     def _prepare(self) -> Path | None:
         t = self.cfg.trainer
@@ -288,10 +357,45 @@ class RunDirectory:
     def _record(self, changes: list[tuple[str, Any, Any]], resume: Path | None) -> None:
         record = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed_from": resume.name if resume else None,
                   "changes": {key: [old, new] for key, old, new in changes}}
+        self._append_change(record)
+
+    def _append_change(self, record: dict[str, Any]) -> None:
         with open(self.out / CHANGES_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def check_run_folder(folder: Path) -> None:
+    """Refuse (RunDirError) a folder with run-like files that mhpo-vl did not write; nothing is read further or
+    removed. A run of a version that wrote no marker (config.yaml with this package's sections, an index.json of
+    its checkpoints) passes with a notice. `train` and `study` check every run folder with it first."""
+    present = [name for name in RUN_FILES if name != MARKER_FILE and (folder / name).exists()]
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        marker = None
+    if not present or (isinstance(marker, dict) and marker.get("tool") == "mhpo-vl"):
+        return
+    if _older_run(folder):
+        log.warning("%s holds a run of an mhpo-vl version that wrote no %s; continuing it (the marker is written "
+                    "when it is resumed)", folder, MARKER_FILE)
+        return
+    raise RunDirError(f"{folder} holds {', '.join(present)} but no {MARKER_FILE} (the marker every mhpo-vl "
+                      "training run writes first): it was not made by mhpo-vl train, and nothing in it is used or "
+                      "removed (trainer.overwrite and trainer.allow_config_change included). Choose another "
+                      "trainer.output_dir")
+
+
+def _older_run(folder: Path) -> bool:
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        index = json.loads((folder / "checkpoints" / "index.json").read_text()) \
+            if (folder / "checkpoints").exists() else {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return (isinstance(saved, dict) and {"model", "data", "rollout", "trainer"} <= set(saved) <= CONFIG_SECTIONS
+            and isinstance(index, dict) and (not index or "latest" in index))
 
 
 def release_run_dir_on_error(method):

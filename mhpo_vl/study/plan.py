@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mhpo_vl.config import ConfigError, RunConfig, config_to_dict, load_config
+from mhpo_vl.config import ConfigError, RunConfig, load_config
 
 # The stress setting, in one place: ratios move far from 1 when each step's rollouts are reused for several
 # optimiser steps (later minibatches and epochs are off-policy) with a larger step. Half the RL steps: each step
@@ -192,10 +192,12 @@ def config_differences(run: Run, wanted: RunConfig) -> list[str]:
     saved_path = run.dir / "config.yaml"
     if not saved_path.is_file():
         return []
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    now = _flatten(config_to_dict(wanted))
-    keys = sorted((set(saved) | set(now)) - {"trainer.output_dir"})
-    return [f"{k}: {saved.get(k)!r} in the run, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+    from mhpo_vl.runs.run_dir import config_differences as run_differences
+
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    # The trainer's own comparison: keys an older version did not write count as their defaults, and settings that
+    # do not change what a run computes (trainer.keep_last, num_threads, ...: run_dir.NOT_BOUND) may differ.
+    return [f"{k}: {old!r} in the run, {new!r} now" for k, old, new in run_differences(saved, wanted)]
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

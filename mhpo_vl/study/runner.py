@@ -3,9 +3,14 @@
 
 A run folder is in one of four states: ``done`` (summary.json: skipped), ``diverged`` (diverged.json: the trainer
 stopped on non-finite updates; a result, skipped; delete the file to retry), ``partial`` (a checkpoint: the trainer
-resumes it exactly) or ``new`` (started from scratch; a metrics.jsonl left by an attempt killed before its first
-checkpoint is removed first, since the trainer appends to it). Ctrl-C stops the current run and the study;
-rerunning the same command continues where it stopped.
+resumes it exactly) or ``new`` (started from scratch: the trainer itself, holding the run's lock, removes what an
+attempt killed before its first checkpoint left). Ctrl-C stops the current run and the study; rerunning the same
+command continues where it stopped.
+
+The study holds the lock of its folder (``mhpo-vl.lock``, as a training run holds its own) from the first check to
+the last run, so a second ``study`` on the same folder is refused; it deletes no file of a run (only the trainer
+does, under that run's lock). Before any compute it checks that every run folder is an mhpo-vl run (a folder of
+another tool is refused, never cleaned) and that the summary it will build is possible (validation on).
 """
 from __future__ import annotations
 
@@ -14,9 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from mhpo_vl.study.plan import Plan, Run, StudyError, config_differences
 
@@ -80,10 +85,22 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def check_configs(plan: Plan, runs: list[Run]) -> None:
-    """Before any compute: every run's config resolves, and no existing run folder was made with another one."""
+    """Before any compute: every run's config resolves with validation on (the summary compares held-out
+    accuracies), every existing run folder is an mhpo-vl run, and none was made with another config."""
+    from mhpo_vl.runs.run_dir import RunDirError, check_run_folder
+
     clashes = []
     for run in runs:
-        diffs = config_differences(run, plan.run_config(run))
+        cfg = plan.run_config(run)
+        if cfg.trainer.val_every <= 0:
+            raise StudyError(f"{run.dir}: trainer.val_every={cfg.trainer.val_every} turns validation off, but the "
+                             "study's summary compares each run's held-out accuracy (initial, best, final); set "
+                             "trainer.val_every > 0 (in the base config or as an override)")
+        try:
+            check_run_folder(run.dir)
+        except RunDirError as err:
+            raise StudyError(str(err)) from None
+        diffs = config_differences(run, cfg)
         if diffs:
             clashes.append(f"{run.dir}: " + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else ""))
     if clashes:
@@ -92,6 +109,19 @@ def check_configs(plan: Plan, runs: list[Run]) -> None:
 
 
 def run_study(plan: Plan, *, launch: Launch = launch_subprocess, log: Callable[[str], None] = print) -> StudyResult:
+    from mhpo_vl.runs.run_dir import DirectoryLock, RunDirError
+
+    try:
+        lock = DirectoryLock(plan.out_dir, "study").acquire()
+    except RunDirError as err:  # another study (or anything of mhpo-vl) holds the folder: its runs are left alone
+        raise StudyError(str(err)) from None
+    try:
+        return _run_study(plan, launch, log)
+    finally:
+        lock.release()
+
+
+def _run_study(plan: Plan, launch: Launch, log: Callable[[str], None]) -> StudyResult:
     runs = plan.runs()
     check_configs(plan, runs)
     plan.save()
@@ -105,8 +135,6 @@ def run_study(plan: Plan, *, launch: Launch = launch_subprocess, log: Callable[[
             log(f"{where}: {state}, skipped")
             continue
         run.dir.mkdir(parents=True, exist_ok=True)
-        if state == "new":
-            (run.dir / "metrics.jsonl").unlink(missing_ok=True)
         log(f"{where}: {'resuming' if state == 'partial' else 'starting'} (study elapsed {_clock(time.monotonic() - start)}; "
             f"log: {run.dir / 'console.log'})")
         run_start = time.monotonic()

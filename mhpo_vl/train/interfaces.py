@@ -59,6 +59,16 @@ class RewardResult(Protocol):
     def verdicts(self) -> Sequence[Verdict]: ...
 
 
+@runtime_checkable
+class ReportsRewardMetrics(Protocol):
+    """A reward result that also counts what went wrong while grading (RewardOutput.metrics(): `reward/timeouts`,
+    `reward/grading_errors`); the trainer logs those counts every step. A user's reward function may return a
+    result without it: then the counts are not logged (never a made-up 0)."""
+
+    def metrics(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
 class RewardFn(Protocol):
     """``reward_fn(samples, responses, truncated=flags) -> RewardResult``: one reward per response."""
 

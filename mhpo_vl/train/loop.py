@@ -23,12 +23,13 @@ from mhpo_vl.config import RunConfig
 from mhpo_vl.rollout.sampling import SamplingConfig
 from mhpo_vl.runs import console
 from mhpo_vl.runs.atomic_io import write_durably
+from mhpo_vl.runs.preemption import Preempted, PreemptionFlag
 from mhpo_vl.runs.run_dir import release_run_dir_on_error
 from mhpo_vl.train import checkpointing
 from mhpo_vl.train.advantages import count_zero_variance_groups, group_advantages
 from mhpo_vl.train.data_order import PromptOrder
 from mhpo_vl.train.dynamic_sampling import dynamic_sample
-from mhpo_vl.train.interfaces import Closeable, RewardFn, TrainerParts
+from mhpo_vl.train.interfaces import Closeable, ReportsRewardMetrics, RewardFn, TrainerParts
 from mhpo_vl.train.logprobs import PolicyLogprobs, compute_old_logprobs
 from mhpo_vl.train.records import OldLogprobs, Rollouts, ScoredRollouts, UpdateStats
 from mhpo_vl.train.state import TrainState
@@ -36,6 +37,9 @@ from mhpo_vl.train.update import NonfiniteUpdates, PolicyUpdate, local_minibatch
 from mhpo_vl.types import EncodedPrompt, Sample
 
 __all__ = ["Trainer"]
+
+# Counts a reward result reports (ReportsRewardMetrics), summed over the step's reward calls and the ranks.
+REWARD_COUNTS = ("reward/timeouts", "reward/grading_errors")
 
 
 class PhaseTimer:
@@ -80,6 +84,8 @@ class Trainer:
         self.policy_update = PolicyUpdate(cfg, self.rt, self.logprobs, self.loss_fn,
                                           local_minibatch_rows(cfg, self.rt.world_size))
         self._val_prompts: list[EncodedPrompt] | None = None
+        self._reward_counts: dict[str, float] | None = None  # this step's; None: the reward reports none
+        self._preemption: PreemptionFlag | None = None  # set while fit() runs
         if parts.resume_from:
             checkpointing.restore(parts.resume_from, self.state, self.rt, self.optimizer, cfg.optim)
             self.writer.truncate_after(self.state.step)
@@ -108,6 +114,7 @@ class Trainer:
     def step(self) -> dict[str, Any]:
         timer = PhaseTimer()
         start = time.perf_counter()
+        self._reward_counts = None
         with timer("prompts"):
             prompts = self.encoder.encode(self.next_prompts())
         with timer("rollout"):
@@ -151,6 +158,10 @@ class Trainer:
     def reward(self, rollouts: Rollouts) -> ScoredRollouts:
         out = self.reward_fn(rollouts.samples, [c.text for c in rollouts.completions],
                              truncated=[c.finish_reason == "length" for c in rollouts.completions])
+        if isinstance(out, ReportsRewardMetrics):  # grading timeouts and errors, so they never pass unseen
+            reported = out.metrics()
+            counts = self._reward_counts if self._reward_counts is not None else dict.fromkeys(REWARD_COUNTS, 0.0)
+            self._reward_counts = {k: counts[k] + float(reported.get(k, 0.0)) for k in REWARD_COUNTS}
         return ScoredRollouts(rollouts, torch.tensor(out.rewards, dtype=torch.float32),
                               torch.tensor([float(v.correct) for v in out.verdicts]),
                               torch.tensor([float(v.format_ok) for v in out.verdicts]))
@@ -229,8 +240,12 @@ class Trainer:
         local = [float(batch.rewards_N.sum()), float(batch.accuracy_N.sum()), float(batch.format_N.sum()),
                  float(lengths.sum()), float(len(rollouts)), float(prompt_tokens),
                  float(sum(c.finish_reason == "length" for c in rollouts.completions))]
-        r_sum, a_sum, f_sum, len_sum, n, p_tok, truncated = self.rt.all_reduce_sum(local)
+        # The reward type is the same on every rank, so every rank adds the same number of values.
+        reward_counts = self._reward_counts or {}
+        r_sum, a_sum, f_sum, len_sum, n, p_tok, truncated, *counts = self.rt.all_reduce_sum(
+            local + list(reward_counts.values()))
         return {
+            **dict(zip(reward_counts, counts)),
             "reward/mean": r_sum / n, "reward/accuracy": a_sum / n, "reward/format_rate": f_sum / n,
             "response/length_mean": len_sum / n, "response/length_max": float(lengths.max()),
             "response/truncated_fraction": truncated / n, "response/entropy": old.entropy_mean,
@@ -248,7 +263,12 @@ class Trainer:
     @release_run_dir_on_error  # Ctrl-C or a failure: the next run in this process may take the directory
     def fit(self) -> dict[str, Any]:
         """Warm-start and first validation (a fresh run), the steps with their validations and checkpoints, the
-        summary (`summary.json`), closing down."""
+        summary (`summary.json`), closing down. SIGTERM / SIGUSR1 stop it at the next safe point with a checkpoint
+        (raises Preempted; mhpo_vl.runs.preemption)."""
+        with PreemptionFlag() as self._preemption:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         t = self.cfg.trainer
         self.state.fit_started = time.perf_counter()
         if self.state.resumed_from is None:
@@ -268,8 +288,10 @@ class Trainer:
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics['reward/accuracy']:.3f}",
                                 val=f"{history[-1]['accuracy']:.3f}" if history else "-",
                                 tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
-                if t.save_every > 0 and (self.state.step % t.save_every == 0 or self.state.step == t.total_steps):
+                saved = t.save_every > 0 and (self.state.step % t.save_every == 0 or self.state.step == t.total_steps)
+                if saved:
                     self.save_checkpoint(last_val)
+                self.stop_if_preempted(saved=saved, val_accuracy=last_val)
         finally:
             bar.close()
         result = self.state.summary(loss=self.cfg.algorithm.loss)
@@ -284,9 +306,10 @@ class Trainer:
         if ws_cfg.steps > 0:
             from mhpo_vl.train.warmstart import run_warmstart
 
-            before = self.validate()
-            self.state.summary_extra["val_accuracy_before_warmstart"] = before["val/accuracy"]
-            self.log_validation(before, tag="before_warmstart")
+            if self.cfg.trainer.val_before_train:
+                before = self.validate()
+                self.state.summary_extra["val_accuracy_before_warmstart"] = before["val/accuracy"]
+                self.log_validation(before, tag="before_warmstart")
             ws = run_warmstart(self.rt.unwrapped(), self.policy.tokenizer, self.encoder, self.train_samples,
                                ws_cfg, device=self.rt.device, seed=self.cfg.trainer.seed,
                                chunk_size=self.cfg.trainer.logprob_chunk_size)
@@ -294,8 +317,28 @@ class Trainer:
             console.line(f"warm-start done: {ws['warmstart_steps']} steps in {ws['warmstart_seconds']:.0f} s, "
                          f"final loss {ws['warmstart_final_loss']:.3f}")
             self.sync_weights()
-        if self.cfg.trainer.val_before_train:
-            self.log_validation(self.validate())
+        val_accuracy = self.log_validation(self.validate()) if self.cfg.trainer.val_before_train else None
+        saved = ws_cfg.steps > 0 and self.cfg.trainer.save_every > 0
+        if saved:  # the warm-started weights as checkpoint step 0: a rerun (after a kill or SIGTERM) skips it
+            self.save_checkpoint(val_accuracy)
+        self.stop_if_preempted(saved=saved, val_accuracy=val_accuracy)
+
+    def stop_if_preempted(self, *, saved: bool, val_accuracy: float | None) -> None:
+        """At a safe point (a step or the warm-start finished): if SIGTERM / SIGUSR1 reached any rank, every rank
+        saves this step (unless `saved` already) and the run stops with Preempted. One small all-reduce."""
+        received = self._preemption.received if self._preemption is not None else None
+        if self.rt.all_agree(received is None):
+            return
+        checkpoint = None
+        if self.cfg.trainer.save_every > 0:
+            if not saved:
+                self.save_checkpoint(val_accuracy)
+            latest = self.ckpt.latest()
+            checkpoint = str(latest) if latest is not None else None
+        console.line(f"{received or 'a stop signal on another rank'}: stopping after step {self.state.step}"
+                     + (f", saved {checkpoint}" if checkpoint else ""))
+        self.close()
+        raise Preempted(received or "a stop signal on another rank", self.state.step, checkpoint)
 
     def save_checkpoint(self, val_accuracy: float | None) -> None:
         checkpointing.save(self.ckpt, self.state, self.rt, self.policy.processor, val_accuracy)

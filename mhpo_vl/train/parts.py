@@ -19,6 +19,7 @@ from mhpo_vl.losses import PolicyLoss, build_loss
 from mhpo_vl.models.policy import LoadedPolicy
 from mhpo_vl.runs import console
 from mhpo_vl.runs.checkpoints import CheckpointManager
+from mhpo_vl.runs.fingerprint import fingerprint
 from mhpo_vl.runs.loggers import metrics_writer
 from mhpo_vl.runs.run_dir import RunDirectory
 from mhpo_vl.train.interfaces import (
@@ -77,6 +78,9 @@ def build_trainer(cfg: RunConfig, *, cache_dir: str | Path = ".cache", runtime: 
         model, optimizer = prepare_policy(cfg, rt, policy)
         encoder = encoder or make_encoder(cfg, policy)
         train, val = datasets or load_datasets(cfg, encoder)  # every prompt checked
+        # The run is bound to its data: a resume on changed rows is refused (or recorded, allow_config_change).
+        run_dir.bind_data({"data.train": fingerprint(train), "data.val": fingerprint(val)}, resume_from,
+                          is_main=rt.is_main, share=rt.all_gather_objects)
         parts = TrainerParts(rt, run_dir, resume_from, policy, model, optimizer, load_reference(cfg, rt, model_path),
                              encoder, train, val, loss_fn or make_loss(cfg), reward_fn or make_reward(cfg),
                              sampler or sampler_from_config(cfg, rt, policy, load_from),
@@ -92,7 +96,8 @@ def make_runtime(cfg: RunConfig) -> DistributedRuntime:
     # Micro-batches per optimiser update must be fixed for DeepSpeed's accumulation counter.
     micro_steps = math.ceil(local_minibatch_rows(cfg, launcher_world_size()) / t.micro_batch_size)
     return DistributedRuntime(device=t.device, deepspeed_config=t.deepspeed, micro_steps_per_update=micro_steps,
-                   micro_batch_size=t.micro_batch_size, max_grad_norm=cfg.optim.max_grad_norm)
+                              micro_batch_size=t.micro_batch_size, max_grad_norm=cfg.optim.max_grad_norm,
+                              collective_timeout_s=t.collective_timeout_s)
 
 
 def load_policy_for(cfg: RunConfig, rt: Runtime, load_from: str) -> LoadedPolicy:

@@ -7,8 +7,19 @@ import math
 import pytest
 
 from mhpo_vl.evaluation.results import (
-    ProblemResult, ResponsesFile, avg_at_n, breakdown, check_run_settings, comparison_table, majority_vote,
-    mean_pass_at_k, pass_at_k, pass_k_values, summarize_problems, summary_markdown, vote_key,
+    ProblemResult,
+    ResponsesFile,
+    avg_at_n,
+    breakdown,
+    check_run_settings,
+    comparison_table,
+    majority_vote,
+    mean_pass_at_k,
+    pass_at_k,
+    pass_k_values,
+    summarize_problems,
+    summary_markdown,
+    vote_key,
 )
 
 
@@ -99,6 +110,22 @@ def test_summary_of_problems():
     assert m["no_answer_rate"] == pytest.approx(1 / 8)
     assert m["truncated_rate"] == pytest.approx(1 / 8)
     assert m["mean_response_tokens"] == pytest.approx((10 + 20 + 30 + 40) / 4)
+
+
+def test_summary_counts_timeouts_and_grading_errors_apart(tmp_path):
+    r = result("1", [True, False, False, False])
+    r.timed_out = [False, True, False, False]
+    r.errors = [None, "timed out after 5 s", "worker died (exit code -9)", "worker died (exit code 11) on each of 3 attempts"]
+    assert r.grading_failed() == [2, 3]  # a file from before the retries counts too
+    m = summarize_problems([r, result("2", [True, True, True, True])])
+    assert m["timed_out"] == 1 and m["grading_errors"] == 2
+    # rewrite(): the whole file replaced, line for line what load() gives back
+    file = ResponsesFile(tmp_path / "responses.jsonl")
+    file.append([result("0", [False] * 4), r])
+    loaded = file.load()
+    loaded["1"].errors[2] = None
+    file.rewrite(loaded.values())
+    assert [x.errors for x in file.load().values()] == [[None] * 4, [None, "timed out after 5 s", None, r.errors[3]]]
 
 
 def test_breakdown_by_scalar_and_list_fields():

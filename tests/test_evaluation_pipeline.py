@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from grading_crash_helpers import CRASH, HANG, grade_or_crash
 
 from mhpo_vl.evaluation import EvalConfig, run_evaluation, run_validation
 from mhpo_vl.grading import Grader
@@ -103,6 +104,56 @@ def test_run_evaluation_with_a_given_sampler(tmp_path, fixtures_dir, tiny_text_m
     lines = [json.loads(x) for x in (tmp_path / "eval" / "math500" / "responses.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == [r.id for r in rows] and all(x["correct"] == [True, False] for x in lines)
     assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_eval_counts_grading_errors_and_timeouts_and_a_rerun_grades_only_the_errors_again(
+        tmp_path, fixtures_dir, tiny_text_model_dir, monkeypatch):
+    import mhpo_vl.grading.grader as grader_module
+    from mhpo_vl.datasets import load_dataset
+    from mhpo_vl.evaluation.results import summary_markdown
+
+    rows = load_dataset("math500", str(fixtures_dir / "text_math"))[:2]
+    crashing = f"<think>ok</think> {CRASH} \\boxed{{{rows[0].answer}}}"  # right, but its grader always dies
+    TEXTS[rows[0].id] = [f"<think>ok</think> \\boxed{{{rows[0].answer}}}", crashing]
+    TEXTS[rows[1].id] = [f"{HANG} \\boxed{{{rows[1].answer}}}", "\\boxed{nonsense}"]  # a timeout, a wrong answer
+    original_task = grader_module._grade_task
+    monkeypatch.setattr(grader_module, "_grade_task", grade_or_crash)
+    config = EvalConfig(model=str(tiny_text_model_dir), output_dir=tmp_path / "eval", suites="math500",
+                        sources={"math500": str(fixtures_dir / "text_math")}, n=2, limit=2, seed=5, progress=False,
+                        grader_timeout=2.0)
+    metrics = run_evaluation(config, sampler=FixedSampler())["benchmarks"]["math500"]["metrics"]
+    assert metrics["grading_errors"] == 1 and metrics["timed_out"] == 1 and metrics["avg"] == pytest.approx(0.25)
+    markdown = (tmp_path / "eval" / "summary.md").read_text()
+    assert "| timeouts | grading errors |" in markdown and "| 1 | 1 |" in markdown
+    responses_file = tmp_path / "eval" / "math500" / "responses.jsonl"
+    first = [json.loads(x) for x in responses_file.read_text().splitlines()]
+    assert first[0]["errors"] == [None, "worker died (exit code 11) on each of 3 attempts"]
+    assert first[0]["correct"] == [True, False] and first[0]["timed_out"] == [False, False]
+    assert first[1]["timed_out"] == [True, False]
+
+    # The rerun: the grader works again; only the response whose grading failed is graded, the timeout is kept.
+    monkeypatch.setattr(grader_module, "_grade_task", original_task)  # (HANG would not hang now: kept all the same)
+    graded: list[str] = []
+    grade = grader_module.Grader.grade
+
+    def recording_grade(self, samples, responses):
+        graded.extend(responses)
+        return grade(self, samples, responses)
+
+    monkeypatch.setattr(grader_module.Grader, "grade", recording_grade)
+    sampler = FixedSampler()
+    summary = run_evaluation(config, sampler=sampler)
+    assert sampler.calls == [] and graded == [crashing]
+    metrics = summary["benchmarks"]["math500"]["metrics"]
+    assert metrics["grading_errors"] == 0 and metrics["timed_out"] == 1 and metrics["avg"] == pytest.approx(0.5)
+    again = [json.loads(x) for x in responses_file.read_text().splitlines()]
+    assert again[0]["correct"] == [True, True] and again[0]["errors"] == [None, None]
+    assert again[0]["predictions"][1] == again[0]["predictions"][0] and again[0]["format_ok"] == [True, True]
+    assert again[1] == first[1]  # the timed-out and the wrongly answered problem: as they were
+    assert "grading errors" in summary_markdown(summary)
+    graded.clear()
+    run_evaluation(config, sampler=sampler)  # nothing failed any more: nothing is graded
+    assert graded == []
 
 
 def test_make_sampler_names_what_it_builds():

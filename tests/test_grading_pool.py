@@ -4,13 +4,16 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from grading_crash_helpers import CRASH, SLOW, grade_or_crash
 
 from mhpo_vl.grading import Grader, RewardFunction, grade_one
 from mhpo_vl.grading.pool import HardTimeoutPool
@@ -104,10 +107,80 @@ def test_pool_reports_exceptions_timeouts_and_dead_workers():
         [slow, fast] = pool.map(time.sleep, [(30,), (0,)])
         assert time.monotonic() - started < 3
         assert slow.timed_out and not fast.timed_out and fast.error is None
-        [died] = pool.map(os._exit, [(3,)])
-        assert died.error == "worker died (exit code 3)" and not died.timed_out
-        assert pool.num_worker_deaths == 1 and pool.num_timeouts == 1
+        [died] = pool.map(os._exit, [(3,)])  # every attempt kills its worker: retried twice, then an error
+        assert died.error == "worker died (exit code 3) on each of 3 attempts" and not died.timed_out
+        assert died.worker_died and died.attempts == 3
+        assert pool.num_worker_deaths == 3 and pool.num_retries == 2 and pool.num_timeouts == 1
         assert [r.value for r in pool.map(abs, [(-2,), (-3,), (-4,)])] == [2, 3, 4]
+
+
+def _die_the_first_time(marker: str, value: int) -> int:
+    """Kills its worker (a real death, no exception) unless ``marker`` exists; creates it first."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(5)
+    return value * 10
+
+
+def test_a_task_whose_worker_died_runs_again_in_another():
+    # Before: the dead worker's task came back as "worker died (exit code 5)", its value lost.
+    with HardTimeoutPool(num_workers=1, timeout_s=30.0) as pool, tempfile.TemporaryDirectory() as tmp:
+        marker = os.path.join(tmp, "died-once")
+        results = pool.map(_die_the_first_time, [(marker, 1), (marker, 2), (marker, 3)])
+        assert [r.value for r in results] == [10, 20, 30] and all(r.error is None for r in results)
+        assert [r.attempts for r in results] == [2, 1, 1]
+        assert pool.num_worker_deaths == 1 and pool.num_retries == 1 and pool.num_failed_tasks == 0
+    with HardTimeoutPool(num_workers=1, timeout_s=30.0, retries_after_death=0) as pool, \
+            tempfile.TemporaryDirectory() as tmp:
+        [result] = pool.map(_die_the_first_time, [(os.path.join(tmp, "m"), 1)])
+        assert result.worker_died and result.error == "worker died (exit code 5) on each of 1 attempt"
+    with pytest.raises(ValueError, match="retries_after_death must be >= 0, got -1"):
+        HardTimeoutPool(num_workers=1, retries_after_death=-1)
+
+
+def test_grader_workers_killed_mid_batch_cost_no_verdict(monkeypatch):
+    # Before: both killed answers came back wrong ("worker died (exit code -9)"), as in the issue-22 probe.
+    monkeypatch.setattr("mhpo_vl.grading.grader._grade_task", grade_or_crash)
+    killed: list[int] = []
+    with Grader(num_workers=2, timeout_s=20.0) as g:
+        g.grade([_sample("1")], ["\\boxed{1}"])  # both workers up
+        workers = g._pool._workers
+
+        def kill_both_while_busy():
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not all(w.task is not None for w in list(workers)):
+                time.sleep(0.01)
+            time.sleep(0.1)  # inside the 0.6 s of grading
+            for w in list(workers):
+                if w.task is not None:
+                    os.kill(w.process.pid, signal.SIGKILL)
+                    killed.append(w.process.pid)
+
+        killer = threading.Thread(target=kill_both_while_busy)
+        killer.start()
+        verdicts = g.grade([_sample(str(k)) for k in range(6)], [f"{SLOW} \\boxed{{{k}}}" for k in range(6)])
+        killer.join()
+        deaths = g.num_worker_deaths
+    assert len(killed) == 2
+    assert [v.correct for v in verdicts] == [True] * 6 and all(v.error is None for v in verdicts)
+    assert deaths == 2
+
+
+def test_an_answer_that_always_kills_its_worker_is_a_grading_error(monkeypatch):
+    monkeypatch.setattr("mhpo_vl.grading.grader._grade_task", grade_or_crash)
+    samples = [_sample("4"), _sample("4"), _sample("\\frac{1}{2}"), _sample("4")]
+    responses = ["\\boxed{4}", f"{CRASH} \\boxed{{4}}", "\\boxed{0.5}", "\\boxed{5}"]
+    with Grader(num_workers=2, timeout_s=20.0) as g:
+        out = RewardFunction(g)(samples, responses)
+        deaths = g.num_worker_deaths
+    crashed = out.verdicts[1]
+    assert crashed.error == "worker died (exit code 11) on each of 3 attempts"
+    assert crashed.grading_failed and not crashed.timed_out and not crashed.correct and crashed.prediction == "4"
+    assert [v.correct for i, v in enumerate(out.verdicts) if i != 1] == [True, True, False]
+    assert all(v.error is None for i, v in enumerate(out.verdicts) if i != 1)
+    assert deaths == 3  # the first attempt and two retries
+    metrics = out.metrics()
+    assert metrics["reward/grading_errors"] == 1.0 and metrics["reward/timeouts"] == 0.0
 
 
 def _alive(pid: int) -> bool:

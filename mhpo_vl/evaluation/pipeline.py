@@ -6,6 +6,7 @@ and the trainer's validation.
 - :func:`run_evaluation`: a model on evaluation suites (an :class:`EvalConfig`), resumable, into
   ``<output_dir>/<suite>/responses.jsonl`` + ``summary.json`` / ``summary.md``; returns the summary. Takes an
   already-built sampler (the trainer's colocated engine) or builds one (``mhpo_vl.rollout.factory.make_sampler``).
+  A rerun grades again the responses of earlier runs whose grading failed (not the timeouts, not the ones graded).
 - :func:`run_validation`: the trainer's held-out check on in-memory prompts with its own sampler and grader; returns
   ``val/accuracy``, ``val/format_rate``, ``val/response_length``, ``val/num_answers``.
 """
@@ -13,17 +14,26 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
-from mhpo_vl.runs.atomic_io import write_durably
 from mhpo_vl.evaluation.config import EvalConfig
 from mhpo_vl.evaluation.plan import (
-    SuitePlan, build_plans, check_images, load_plan_samples, load_processor, model_is_vision, pixel_budget,
-    run_settings, with_run_defaults,
+    SuitePlan,
+    build_plans,
+    check_images,
+    load_plan_samples,
+    load_processor,
+    model_is_vision,
+    pixel_budget,
+    run_settings,
+    with_run_defaults,
 )
+from mhpo_vl.runs.atomic_io import write_durably
 
 
 @dataclass
@@ -55,11 +65,16 @@ def sample_and_grade(sampler, prompts: Sequence, sampling, grader) -> list[Grade
 
 
 def run_validation(sampler, prompts: Sequence, sampling, grader,
-                   all_reduce_sum: Callable[[Iterable[float]], list[float]] | None = None) -> dict[str, float]:
+                   all_reduce_sum: Callable[[Iterable[float]], list[float]] | None = None,
+                   keep: Callable[[list[GradedGroup]], None] | None = None) -> dict[str, float]:
     """Avg@k on held-out prompts (k = ``sampling.n``): accuracy and format rate over every answer of every process
     (``all_reduce_sum``: the trainer's ``Runtime.all_reduce_sum``; None = this process alone), this process's mean
-    response length in tokens, and the number of answers."""
-    return validation_metrics(sample_and_grade(sampler, prompts, sampling, grader), all_reduce_sum)
+    response length in tokens, and the number of answers. ``keep``: given the graded groups, in prompt order (the
+    trainer logs the first few: ``trainer.val_samples_to_log``)."""
+    groups = sample_and_grade(sampler, prompts, sampling, grader)
+    if keep is not None:
+        keep(groups)
+    return validation_metrics(groups, all_reduce_sum)
 
 
 def validation_metrics(groups: Sequence[GradedGroup],
@@ -97,6 +112,7 @@ def _run_evaluation(config: EvalConfig, sampler, processor) -> dict[str, Any]:
     check_images(plans, is_vision, config.use_images, config.model)
     use_images = is_vision and config.use_images
     done = {plan.name: _finished(plan, config, use_images) for plan in plans}  # a corrupt file: an error now
+    regrade_failed(config, plans, done)
     todo = {plan.name: [s for s in plan.samples if s.id not in done[plan.name]] for plan in plans}
     timing: dict[str, float] = {}
     if any(todo.values()):
@@ -131,10 +147,46 @@ def _finished(plan: SuitePlan, config: EvalConfig, use_images: bool) -> dict:
     return existing
 
 
-def _sample_suites(config, plans, todo, done, use_images, is_vision, sampler, processor) -> dict[str, float]:
-    """Sample and grade every pending problem, suite by suite, appending each batch to its responses file."""
+def _grader(config: EvalConfig):
     from mhpo_vl.grading import Grader
 
+    return Grader(num_workers=config.grader_workers, timeout_s=config.grader_timeout)
+
+
+def regrade_failed(config: EvalConfig, plans: list[SuitePlan], done: dict) -> dict[str, int]:
+    """Grade again, in place in ``done`` and in the responses files, the responses of earlier runs whose grading
+    failed (``ProblemResult.grading_failed``: e.g. the grader's worker died on every retry); responses graded normally
+    and timeouts are kept as they are. Returns {suite: responses graded again} (said on stderr)."""
+    from mhpo_vl.evaluation.results import RESPONSES_FILE, ResponsesFile
+
+    work = []  # (suite, problem result, response index, sample)
+    for plan in plans:
+        samples = {s.id: s for s in plan.samples}
+        for result in done[plan.name].values():
+            if result.id in samples:  # a problem outside this --limit / --ids selection is left as it is
+                work += [(plan.name, result, i, samples[result.id]) for i in result.grading_failed()]
+    if not work:
+        return {}
+    counts: dict[str, int] = {}
+    for name, *_ in work:
+        counts[name] = counts.get(name, 0) + 1
+    print("[mhpo-vl eval] grading again the responses whose grading failed in an earlier run: "
+          + ", ".join(f"{name}: {k}" for name, k in counts.items()), file=sys.stderr)
+    with _grader(config) as grader:
+        verdicts = grader.grade([sample for *_, sample in work], [result.responses[i] for _, result, i, _ in work])
+    for (_, result, i, _), verdict in zip(work, verdicts):
+        result.predictions[i] = verdict.prediction
+        result.correct[i] = bool(verdict.correct)
+        result.format_ok[i] = bool(verdict.format_ok)
+        result.timed_out[i] = bool(verdict.timed_out)
+        result.errors[i] = verdict.error
+    for name in counts:
+        ResponsesFile(Path(config.output_dir) / name / RESPONSES_FILE).rewrite(done[name].values())
+    return counts
+
+
+def _sample_suites(config, plans, todo, done, use_images, is_vision, sampler, processor) -> dict[str, float]:
+    """Sample and grade every pending problem, suite by suite, appending each batch to its responses file."""
     started = time.perf_counter()
     own_sampler = sampler is None
     if own_sampler:
@@ -142,7 +194,7 @@ def _sample_suites(config, plans, todo, done, use_images, is_vision, sampler, pr
     processor = processor or getattr(sampler, "processor", None) or load_processor(config.model, is_vision)
     timing = {"engine_start": time.perf_counter() - started} if own_sampler else {}
     try:
-        with Grader(num_workers=config.grader_workers, timeout_s=config.grader_timeout) as grader:
+        with _grader(config) as grader:
             for plan in plans:
                 if todo[plan.name]:
                     suite_started = time.perf_counter()
@@ -173,11 +225,11 @@ def _start_sampler(config: EvalConfig, is_vision: bool, use_images: bool, proces
 
 def _sample_suite(config: EvalConfig, plan: SuitePlan, pending: list, done: dict, sampler, grader, processor,
                   use_images: bool) -> None:
-    from mhpo_vl.runs import console
     from mhpo_vl.collate import PromptEncoder
     from mhpo_vl.evaluation.results import RESPONSES_FILE, ResponsesFile
     from mhpo_vl.prompts import get_template
     from mhpo_vl.rollout.sampling import SamplingConfig
+    from mhpo_vl.runs import console
 
     template = get_template(plan.template)
     min_pixels, max_pixels = pixel_budget(config)

@@ -21,6 +21,9 @@ The responses file ``<out>/<suite>/responses.jsonl`` holds one JSON line per pro
 after each batch and fsync'ed, so a crash loses at most the batch in flight; a rerun reads it and samples only the
 problems that are not in it yet. A corrupt line in the middle of the file is an error naming the line; an unterminated
 LAST line (what a kill during a write leaves behind) is reported on stderr and cut off, and its problem is sampled again.
+A response whose grading failed (``errors`` set, ``timed_out`` false: e.g. the grader's worker died on every retry) is
+graded again by a rerun, which then rewrites the file whole (:meth:`ResponsesFile.rewrite`); timeouts stay timeouts.
+The summaries count both: ``timed_out`` and ``grading_errors`` responses per suite.
 """
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ import math
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 RESPONSES_FILE = "responses.jsonl"
 RUN_FILE = "run.json"
@@ -159,6 +163,11 @@ class ProblemResult:
     def num_correct(self) -> int:
         return sum(self.correct)
 
+    def grading_failed(self) -> list[int]:
+        """Indices of the responses whose grading failed other than by a timeout (``Verdict.grading_failed``)."""
+        return [i for i, (error, timed_out) in enumerate(zip(self.errors, self.timed_out))
+                if error is not None and not timed_out]
+
     def vote(self) -> tuple[str | None, bool]:
         return majority_vote([vote_key(p, self.choices) for p in self.predictions], self.correct)
 
@@ -167,7 +176,7 @@ class ProblemResult:
         return json.dumps(asdict(self), ensure_ascii=False, default=str)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "ProblemResult":
+    def from_dict(cls, data: Any, where: str) -> ProblemResult:
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
         names = [f for f in cls.__dataclass_fields__]
@@ -241,6 +250,12 @@ class ResponsesFile:
             handle.truncate(keep)
         return raw[:keep]
 
+    def rewrite(self, results: Iterable[ProblemResult]) -> None:
+        """Replace the file by ``results`` (its whole content, in order): the old file or the new one after a crash."""
+        from mhpo_vl.runs.atomic_io import write_durably
+
+        write_durably(self.path, "".join(r.to_json() + "\n" for r in results))
+
     def append(self, results: Iterable[ProblemResult]) -> None:
         """Write whole lines, then flush and fsync: what returns from here survives a crash."""
         lines = "".join(r.to_json() + "\n" for r in results)
@@ -295,6 +310,7 @@ def summarize_problems(results: Sequence[ProblemResult], ks: Sequence[int] | Non
         "no_answer_rate": sum(sum(p is None or not str(p).strip() for p in r.predictions) for r in results) / num_responses,
         "truncated_rate": sum(sum(f == "length" for f in r.finish_reasons) for r in results) / num_responses,
         "timed_out": sum(sum(r.timed_out) for r in results),
+        "grading_errors": sum(len(r.grading_failed()) for r in results),  # graded again by a rerun of `eval`
         "mean_response_tokens": sum(tokens) / num_responses,
     }
 
@@ -377,14 +393,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     parts += ["## Per suite", ""]
     all_ks = sorted({int(k) for b in benches.values() for k in b["metrics"]["pass_at_k"]})
     header = ["Suite", "problems", "n", "Avg@n"] + [f"Pass@{k}" for k in all_ks] + [
-        "Maj@n", "format", "no answer", "truncated", "mean tokens", "timeouts"]
+        "Maj@n", "format", "no answer", "truncated", "mean tokens", "timeouts", "grading errors"]
     rows = []
     for name in names:
         m = benches[name]["metrics"]
         rows.append([name, m["problems"], m["n"], pct(m["avg"])]
                     + [pct(m["pass_at_k"].get(str(k))) for k in all_ks]
                     + [pct(m["majority"]), pct(m["format_rate"]), pct(m["no_answer_rate"]), pct(m["truncated_rate"]),
-                       f"{m['mean_response_tokens']:.0f}", m["timed_out"]])
+                       f"{m['mean_response_tokens']:.0f}", m["timed_out"], m.get("grading_errors", "–")])
     parts += [markdown_table(header, rows), ""]
 
     for name in names:
@@ -442,19 +458,20 @@ def comparison_table(summaries: Sequence[dict[str, Any]], labels: Sequence[str],
 
     def values(s: dict[str, Any]) -> dict[str, float | None]:
         v = {b: metric_of(s["benchmarks"][b], metric) if b in s["benchmarks"] else None for b in names}
-        covered = [v[b] for b in common]
-        v["Avg."] = macro_average(covered) if covered and all(x is not None for x in covered) else None
+        covered = [x for b in common if (x := v[b]) is not None]
+        v["Avg."] = macro_average(covered) if covered and len(covered) == len(common) else None
         return v
 
     base = values(summaries[0])
     rows = []
-    for i, (s, label) in enumerate(zip(summaries, labels)):
+    for s, label in zip(summaries, labels):
         v = values(s)
         row = [label]
         for col in names + ["Avg."]:
-            cell = pct(v[col])
-            if v[col] is not None and base[col] is not None:
-                delta = 100 * (v[col] - base[col])
+            value, base_value = v[col], base[col]
+            cell = pct(value)
+            if value is not None and base_value is not None:
+                delta = 100 * (value - base_value)
                 cell += f" ({delta:+.1f})"
             row.append(cell)
         rows.append(row)

@@ -2,7 +2,11 @@
 
 ``grade_one`` is the pure in-process grader (no timeout: it is what the pool workers run, and what tests call).
 ``Grader`` runs it in a ``HardTimeoutPool``: an answer whose sympy work hangs is killed after ``timeout_s`` and
-comes back as ``correct=False, timed_out=True``; the batch goes on.
+comes back as ``correct=False, timed_out=True``; the batch goes on. A worker that dies mid-answer (killed, out of
+memory, a crash in C code) costs nothing: the answer is graded again in a live worker (up to
+``pool.RETRIES_AFTER_DEATH`` times); if every attempt's worker died, the verdict is a grading error (``error`` set,
+``timed_out`` False, ``grading_failed`` True), counted as such by the reward metrics and by `mhpo-vl eval` (whose
+rerun grades it again), never a silent "wrong".
 """
 from __future__ import annotations
 
@@ -26,6 +30,12 @@ class Verdict:
     format_ok: bool  # <think>...</think> then \boxed{} (or just \boxed{} when the grader does not require think)
     timed_out: bool = False
     error: str | None = None  # why grading itself failed (timeout, exception in a worker); None on a normal verdict
+
+    @property
+    def grading_failed(self) -> bool:
+        """Grading failed other than by timing out (every attempt's worker died, an exception, an answer too long to
+        grade): ``correct`` is False because the verdict is unknown, not because the answer was judged wrong."""
+        return self.error is not None and not self.timed_out
 
 
 def is_correct(sample: Sample, prediction: str) -> bool:
@@ -103,6 +113,11 @@ class Grader:
     def num_timeouts(self) -> int:
         return self._pool.num_timeouts
 
+    @property
+    def num_worker_deaths(self) -> int:
+        """Workers that died mid-answer (each such answer graded again, or a grading error after the last retry)."""
+        return self._pool.num_worker_deaths
+
     def grade(self, samples: list[Sample], responses: list[str]) -> list[Verdict]:
         if len(samples) != len(responses):
             raise ValueError(f"grade: {len(samples)} samples but {len(responses)} responses")
@@ -116,7 +131,8 @@ class Grader:
                 result.value.format_ok = check_format(full_response, self.require_think)
                 verdicts.append(result.value)
                 continue
-            # Timed out or failed: the answer is wrong, and says why. Extraction is plain string work, redone here.
+            # Timed out, raised, or its worker died on every attempt: not graded, and the verdict says why (correct is
+            # False, timed_out / error tell a timeout from a grading error). Extraction is plain string work, redone here.
             verdicts.append(
                 Verdict(
                     correct=False,
@@ -131,7 +147,7 @@ class Grader:
     def close(self) -> None:
         self._pool.close()
 
-    def __enter__(self) -> "Grader":
+    def __enter__(self) -> Grader:
         return self
 
     def __exit__(self, *exc) -> None:

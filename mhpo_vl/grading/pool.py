@@ -3,7 +3,10 @@
 ``concurrent.futures.ProcessPoolExecutor`` cannot stop one stuck task: sympy evaluating ``9^{9^{9^{9}}}`` sits in a
 C-level big-integer power where neither a signal nor a future's cancel reaches it. Here each worker takes one task
 at a time through its own pipe; a task that outlives ``timeout_s`` gets its worker SIGKILLed and replaced, and is
-reported as ``timed_out``. A worker that dies (segfault, out of memory) costs its task an ``error``, never the run.
+reported as ``timed_out`` (never retried: it would only hang again). A worker that dies (segfault, out of memory,
+killed from outside) mid-task never costs the run, nor silently the task: the task is run again in another worker, up
+to ``retries_after_death`` more times, and only if every attempt's worker died is it reported as an ``error`` with
+``worker_died`` set. A task that raises is reported at once (its exception is its answer).
 
 Workers start from a ``forkserver`` (a clean process that has imported the preload modules once, so a replacement
 worker is a cheap fork with sympy already loaded); ``spawn`` where forkserver is unavailable. Neither copies the
@@ -20,11 +23,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 WORKER_START_TIMEOUT_S = 120.0
+RETRIES_AFTER_DEATH = 2  # a task whose worker died runs again up to this many times, each time in a live worker
 _MAX_CONSECUTIVE_START_FAILURES = 3
 
 
@@ -33,7 +38,9 @@ class TaskResult:
     value: Any = None
     timed_out: bool = False
     error: str | None = None  # "ExcType: message" raised by the task, a timeout, or a dead worker
-    seconds: float = 0.0
+    seconds: float = 0.0  # of the last attempt
+    worker_died: bool = False  # the worker died on every attempt (``error`` says how often and the last exit code)
+    attempts: int = 1  # 1 + the retries after worker deaths
 
 
 def _die_with_forkserver() -> None:
@@ -56,13 +63,14 @@ def _die_with_forkserver() -> None:
         os._exit(1)
     from multiprocessing import forkserver
 
-    alive_fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    server: Any = forkserver._forkserver  # its private "alive" fd is not in typeshed
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
     if alive_fd is not None:
         try:
             os.close(alive_fd)
         except OSError:
             pass
-        forkserver._forkserver._forkserver_alive_fd = None
+        server._forkserver_alive_fd = None
 
 
 def _worker_main(conn, warmup: Callable[[], None] | None, memory_limit_mb: int | None, via_forkserver: bool) -> None:
@@ -88,7 +96,7 @@ def _worker_main(conn, warmup: Callable[[], None] | None, memory_limit_mb: int |
         task_id, fn, args = message
         started = time.perf_counter()
         try:
-            reply = (task_id, fn(*args), None)
+            reply: tuple[Any, Any, str | None] = (task_id, fn(*args), None)
         except Exception as exc:  # reported to the parent as this task's error, with its type
             reply = (task_id, None, f"{type(exc).__name__}: {exc}")
         try:
@@ -98,7 +106,7 @@ def _worker_main(conn, warmup: Callable[[], None] | None, memory_limit_mb: int |
 
 
 class _Worker:
-    def __init__(self, ctx, warmup, memory_limit_mb):
+    def __init__(self, ctx: Any, warmup: Callable[[], None] | None, memory_limit_mb: int | None) -> None:
         self.conn, child_conn = ctx.Pipe(duplex=True)
         via_forkserver = ctx.get_start_method() == "forkserver"
         self.process = ctx.Process(target=_worker_main, args=(child_conn, warmup, memory_limit_mb, via_forkserver),
@@ -108,6 +116,7 @@ class _Worker:
         self.started_at = time.monotonic()
         self.ready = False
         self.task: tuple[int, float] | None = None  # (task index, monotonic start)
+        self.args: tuple | None = None  # the task's arguments, to run it again if this worker dies
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -136,11 +145,15 @@ class HardTimeoutPool:
         preload: list[str] | None = None,
         memory_limit_mb: int | None = None,
         start_method: str | None = None,
+        retries_after_death: int = RETRIES_AFTER_DEATH,
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if retries_after_death < 0:
+            raise ValueError(f"retries_after_death must be >= 0, got {retries_after_death}")
+        self.retries_after_death = int(retries_after_death)
         self.num_workers = num_workers
         self.timeout_s = float(timeout_s)
         self._warmup = warmup
@@ -149,8 +162,11 @@ class HardTimeoutPool:
         self._lock = threading.Lock()
         self._closed = False
         self.num_timeouts = 0
-        self.num_worker_deaths = 0
+        self.num_worker_deaths = 0  # workers found dead mid-task (retried, or the task's error) or at a dispatch
+        self.num_retries = 0
+        self.num_failed_tasks = 0  # tasks given up on after their worker died on every attempt
         self._start_failures = 0
+        self._attempts: dict[int, int] = {}  # task index -> attempts started, in the current batch
         self._workers = [self._new_worker() for _ in range(num_workers)]
 
     def _new_worker(self) -> _Worker:
@@ -174,6 +190,7 @@ class HardTimeoutPool:
         pending = collections.deque(enumerate(tasks))
         results: dict[int, TaskResult] = {}
         next_out = 0
+        self._attempts = {}
         try:
             while next_out < len(tasks):
                 self._dispatch(fn, pending)
@@ -182,7 +199,7 @@ class HardTimeoutPool:
                     next_out += 1
                 if next_out >= len(tasks):
                     break
-                self._collect(results)
+                self._collect(results, pending)
                 self._enforce_deadlines(results)
         finally:
             # An abandoned generator must not leave tasks running into the next batch.
@@ -202,8 +219,10 @@ class HardTimeoutPool:
                     self._replace(i)
                     continue
                 worker.task = (index, time.monotonic())
+                worker.args = args
+                self._attempts[index] = self._attempts.get(index, 0) + 1
 
-    def _collect(self, results: dict[int, TaskResult]) -> None:
+    def _collect(self, results: dict[int, TaskResult], pending: collections.deque) -> None:
         now = time.monotonic()
         deadlines = [w.task[1] + self.timeout_s for w in self._workers if w.task is not None]
         deadlines += [w.started_at + WORKER_START_TIMEOUT_S for w in self._workers if not w.ready]
@@ -213,26 +232,36 @@ class HardTimeoutPool:
             i = by_conn[conn]
             worker = self._workers[i]
             try:
-                message = conn.recv()
+                message = worker.conn.recv()  # == conn.recv(): wait() returns the connections it was given
             except (EOFError, OSError):
-                self._worker_died(i, results)
+                self._worker_died(i, results, pending)
                 continue
             if message[0] == "ready":
                 worker.ready = True
                 self._start_failures = 0
                 continue
             task_id, value, error, seconds = message
-            results[task_id] = TaskResult(value=value, error=error, seconds=seconds)
+            results[task_id] = TaskResult(value=value, error=error, seconds=seconds,
+                                          attempts=self._attempts.get(task_id, 1))
             worker.task = None
+            worker.args = None
 
-    def _worker_died(self, i: int, results: dict[int, TaskResult]) -> None:
+    def _worker_died(self, i: int, results: dict[int, TaskResult], pending: collections.deque) -> None:
         worker = self._workers[i]
         worker.process.join(timeout=5)
         code = worker.process.exitcode
         if worker.task is not None:
             index, started = worker.task
-            results[index] = TaskResult(error=f"worker died (exit code {code})", seconds=time.monotonic() - started)
             self.num_worker_deaths += 1
+            attempts = self._attempts.get(index, 1)
+            if attempts <= self.retries_after_death:
+                pending.appendleft((index, worker.args))  # next in line, on the first live worker
+                self.num_retries += 1
+            else:
+                self.num_failed_tasks += 1
+                results[index] = TaskResult(
+                    error=f"worker died (exit code {code}) on each of {attempts} attempt{'s' * (attempts > 1)}",
+                    seconds=time.monotonic() - started, worker_died=True, attempts=attempts)
         elif not worker.ready:
             self._start_failures += 1
             if self._start_failures >= _MAX_CONSECUTIVE_START_FAILURES:
@@ -244,7 +273,8 @@ class HardTimeoutPool:
         for i, worker in enumerate(self._workers):
             if worker.task is not None and now - worker.task[1] >= self.timeout_s:
                 index, started = worker.task
-                results[index] = TaskResult(timed_out=True, error=f"timed out after {self.timeout_s:g} s", seconds=now - started)
+                results[index] = TaskResult(timed_out=True, error=f"timed out after {self.timeout_s:g} s", seconds=now - started,
+                                            attempts=self._attempts.get(index, 1))
                 self.num_timeouts += 1
                 worker.task = None
                 self._replace(i)
@@ -264,7 +294,7 @@ class HardTimeoutPool:
             worker.process.join(timeout=2)
             worker.kill()
 
-    def __enter__(self) -> "HardTimeoutPool":
+    def __enter__(self) -> HardTimeoutPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,7 +2,9 @@
 
 Accuracy comes from the evaluation grader (so the reward and the reported metric cannot drift apart); the format
 component is kept separate so the trainer can log accuracy and format rates on their own. A response whose grading
-timed out gets accuracy 0 (its verdict says ``timed_out``), never a crashed or hung step.
+timed out gets accuracy 0 (its verdict says ``timed_out``), never a crashed or hung step; so does one whose grading
+failed (its worker died on every retry: ``error`` set), and ``metrics()`` counts both ("reward/timeouts",
+"reward/grading_errors") so neither passes for a wrong answer unseen.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class RewardOutput:
             "reward/accuracy": sum(self.accuracy) / n,
             "reward/format": sum(self.format) / n,
             "reward/timeouts": float(sum(v.timed_out for v in self.verdicts)),
-            "reward/grading_errors": float(sum(v.error is not None and not v.timed_out for v in self.verdicts)),
+            "reward/grading_errors": float(sum(v.grading_failed for v in self.verdicts)),
         }
 
 

@@ -101,7 +101,8 @@ def check_image_header(image: Any, *, limit: int | None = None, file: Any = None
 
 
 def open_image(image: Any, *, limit: int | None = None, file: Any = None, row: Any = None, field: str | None = None):
-    """A fully decoded RGB ``PIL.Image`` from a path, bytes, an HF image dict or a PIL image.
+    """A fully decoded RGB ``PIL.Image`` from a path, bytes, an HF image dict or a PIL image: what a person sees
+    (:func:`to_rgb`).
 
     Truncated or corrupt files fail here, with the file named, instead of deep inside a processor.
     """
@@ -111,13 +112,75 @@ def open_image(image: Any, *, limit: int | None = None, file: Any = None, row: A
     _size_checked(pil, image, limit, file, row, field)
     try:
         pil.load()
-        if pil.mode == "RGBA":  # composite on white, as qwen_vl_utils does, so transparent diagrams stay visible
-            rgb = Image.new("RGB", pil.size, (255, 255, 255))
-            rgb.paste(pil, mask=pil.split()[3])
-            return rgb
-        return pil.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image {_name(image)}: {exc}", file=file or _path_of(image), row=row, field=field) from exc
+    return to_rgb(pil, image, file=file, row=row, field=field)
+
+
+# Pixel modes that hold an alpha channel (La, RGBa: premultiplied) or may name a transparent colour (info["transparency"]:
+# a PNG tRNS chunk, a GIF's transparent index).
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_KEYED_MODES = ("P", "L", "RGB", "1")
+# Modes whose own conversion to RGB is what a viewer shows (LAB: colorimetric; CMYK: PIL's conversion, as viewers).
+_DIRECT_MODES = ("RGB", "RGBX", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV")
+_INT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(pil: Any, image: Any = None, *, file: Any = None, row: Any = None, field: str | None = None):
+    """``pil`` (decoded) as the 8-bit RGB image a person sees in an image viewer, for every pixel mode Pillow has:
+
+    - transparency (RGBA, LA, PA, premultiplied RGBa/La; P, L, RGB with a transparent colour): composited on white,
+      as ``qwen_vl_utils`` does for RGBA, so a black line drawing on a transparent background stays a dark line on
+      white (``convert("RGB")`` drops the alpha: all black);
+    - 16-bit greys (I;16 and its byte orders: what Pillow 13 gives for a 16-bit grey PNG): value / 257, so
+      0..65535 maps onto 0..255 and a mid-grey 32768 becomes 128 (``convert("RGB")`` clips at 255: all white);
+    - 32-bit integer greys (I: older Pillow's 16-bit PNGs, 32-bit TIFFs): values within 0..65535 are 16-bit data
+      (/ 257); anything outside is scaled over the int32 range;
+    - float greys (F): values within 0..1 are scaled by 255, within 0..255 kept, anything else stretched from its
+      minimum (black) to its maximum (white); NaN and infinities count as the minimum;
+    - 1, L, P, RGBX, CMYK, YCbCr, LAB, HSV: Pillow's conversion to RGB.
+    Any other mode (an older Pillow's BGR;15 ...) is a DataError naming the file and the mode.
+    """
+    from PIL import Image
+
+    mode = pil.mode
+    where = {"file": file or _path_of(image), "row": row, "field": field}
+    if mode in _ALPHA_MODES or (mode in _KEYED_MODES and "transparency" in pil.info):
+        rgba = (pil.convert("LA") if mode == "La" else pil).convert("RGBA")
+        rgb = Image.new("RGB", pil.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+        return rgb
+    if mode in _DIRECT_MODES:
+        return pil.convert("RGB")
+    if mode in _INT16_MODES or mode in ("I", "F"):
+        return Image.fromarray(_grey_to_8bit(pil, mode), mode="L").convert("RGB")
+    raise DataError(f"image {_name(image if image is not None else pil)} has pixel mode {mode!r}, which is not "
+                    f"converted to RGB (known: {', '.join(_ALPHA_MODES + _DIRECT_MODES + _INT16_MODES + ('I', 'F'))})",
+                    **where)
+
+
+def _grey_to_8bit(pil: Any, mode: str):
+    import numpy as np
+
+    values = np.asarray(pil).astype(np.float64)
+    if mode in _INT16_MODES:
+        scaled = values / 257.0
+    elif mode == "I":
+        if values.size and values.min() >= 0 and values.max() <= 65535:
+            scaled = values / 257.0
+        else:
+            scaled = (values + 2.0**31) / (2.0**32 - 1) * 255.0
+    else:  # F
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        values = np.where(np.isfinite(values), values, low)
+        if low >= 0 and high <= 1:
+            scaled = values * 255.0
+        elif low >= 0 and high <= 255:
+            scaled = values
+        else:
+            scaled = (values - low) / ((high - low) or 1.0) * 255.0  # one value throughout: black
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def describe_image(image: Any) -> str:
@@ -177,8 +240,8 @@ def _open_lazy(image: Any, *, file: Any, row: Any, field: str | None):
         raise DataError(f"image {_name(image)} is over the pixel limit: {exc}", file=file or _path_of(image), row=row, field=field) from exc
     except FileNotFoundError as exc:
         raise DataError(f"image file not found: {image}", file=file or image, row=row, field=field) from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        # UnidentifiedImageError is an OSError; PIL's own bomb check fires here for absurd sizes.
+    except (OSError, SyntaxError, ValueError) as exc:
+        # UnidentifiedImageError is an OSError. (PIL's own bomb check, DecompressionBombError, is caught above.)
         raise DataError(f"not a readable image {_name(image)}: {exc}", file=file or _path_of(image), row=row, field=field) from exc
 
 

@@ -160,3 +160,88 @@ def test_deepspeed_steps_with_the_lr_the_schedule_sets(tmp_path, deepspeed):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     deltas = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("MAXDELTA")]
     assert deltas[0] == 0.0 and deltas[1] == pytest.approx(0.01, rel=1e-4), deltas
+
+
+# ------------------------------------------------------- issue 22: a stopped rank, 2 nodes, preemption -------
+
+
+def _rank_processes(launcher_pid: int) -> dict[int, "psutil.Process"]:  # noqa: F821
+    """The rank workers under a torchrun launcher, by their RANK (read from each process's environment)."""
+    import psutil
+
+    found = {}
+    for p in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            rank = p.environ().get("RANK")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if rank is not None and "mhpo_vl.cli" in " ".join(p.cmdline()):
+            found[int(rank)] = p
+    return found
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _hf_overrides(model_dir: Path, out: Path, **extra: str) -> list[str]:
+    from run_helpers import small_overrides
+
+    return small_overrides(model_dir, out, **{"rollout.backend": "hf", **extra})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_stopped_rank_ends_both_ranks_within_the_collective_timeout(tmp_path, tiny_vl_model_dir):
+    """Item 8: SIGSTOP rank 1 of 2 (gloo) after step 1; with trainer.collective_timeout_s=20 rank 0's next
+    collective fails after 20 s with an error naming rank 1, and the launcher ends both (torch's default was 30 min)."""
+    import signal
+    import time
+
+    from run_helpers import RUN_ENV
+
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(29300 + os.getpid() % 100), "-m", "mhpo_vl.cli", "train", "--config", str(config),
+               *_hf_overrides(tiny_vl_model_dir, out, **{"trainer.total_steps": "50", "trainer.save_every": "0",
+                                                          "trainer.val_every": "0",
+                                                          "trainer.collective_timeout_s": "20"})]
+    log = open(tmp_path / "launcher.log", "w")
+    proc = subprocess.Popen(command, cwd=REPO, env=RUN_ENV, stdout=log, stderr=subprocess.STDOUT)
+    ranks = {}
+    try:
+        metrics = out / "metrics.jsonl"
+        _wait_for(lambda: metrics.exists() and '"step": 1, "reward/mean"' in metrics.read_text(), 240, "step 1")
+        ranks = _rank_processes(proc.pid)
+        assert sorted(ranks) == [0, 1], ranks
+        ranks[1].send_signal(signal.SIGSTOP)
+        stopped = time.time()
+        rc = proc.wait(timeout=20 + 60)
+        took = time.time() - stopped
+    finally:
+        for p in ranks.values():  # a stopped process only dies of SIGKILL
+            try:
+                p.send_signal(signal.SIGKILL)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        log.close()
+    text = (tmp_path / "launcher.log").read_text() + "".join(
+        p.read_text(errors="replace") for p in (out / "logs").glob("*") if p.is_file())
+    print(f"both ranks ended {took:.1f} s after rank 1 was stopped (timeout 20 s)")
+    assert rc != 0
+    assert 20 <= took <= 20 + 45, took
+    assert "rank 0: an all-reduce did not complete within trainer.collective_timeout_s=20 s: rank 1 stopped " \
+           "answering" in text or "rank 1 stopped answering" in text, text[-3000:]
+    assert not any(p.is_running() and p.status() != "zombie" for p in ranks.values())

@@ -1,6 +1,6 @@
 """The config checks that need a registry: the prompt template, the dataset adapters and their options, the loss
-and its parameters. Each registry checks its own names (one place per rule); this module only asks them and names
-the config key in the error."""
+and its parameters, the reward file (`reward.function`). Each registry checks its own names (one place per rule);
+this module only asks them and names the config key in the error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,6 +26,13 @@ def check_names(cfg: RunConfig) -> RunConfig:
                 adapter_for(spec.name, spec.options)
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
+    if cfg.reward.function is not None:  # read, not run: the file is first executed in the grader's workers
+        from mhpo_vl.grading.user_reward import check_spec
+
+        try:
+            check_spec(cfg.reward.function)
+        except ValueError as exc:
+            raise ConfigError(f"reward.function={cfg.reward.function}: {exc}") from None
     from mhpo_vl.losses import build_loss
 
     try:  # the loss name and its parameters are validated by the loss table itself

@@ -170,6 +170,14 @@ class RewardConfig:
     num_workers: int = positive(2, ">= 1")
     timeout_s: float = positive(5.0)
     truncated_reward: float | None = None  # reward of a response cut at rollout.max_tokens; None = graded as usual
+    # Your own reward, "path/to/file.py:name" (EasyR1's worker.reward.reward_function, in our reward section;
+    # "file.py" alone means file.py:main, as there): name(sample, response) -> a float, or a dict with "score" and
+    # named components logged as reward/fn/<name>. It runs in the grader's worker processes with timeout_s per
+    # answer; accuracy_weight / format_weight are then unused (docs/training.md "Your own reward"). null: built-in.
+    function: str | None = None
+    # stop the run after this many responses in a row on which reward.function raised or timed out (each one is
+    # counted in reward/grading_errors or reward/timeouts and logged with its row id)
+    max_consecutive_failures: int = positive(32, ">= 1")
 
     def check(self) -> None:
         _require([(self.accuracy_weight + self.format_weight > 0,
@@ -269,6 +277,10 @@ class TrainerConfig:
     # Where metrics go, same names in each: jsonl (metrics.jsonl: always on, resume/plot/study read it), tensorboard,
     # wandb (Weights & Biases, optional package; WANDB_MODE=offline writes <output_dir>/wandb/ without a network).
     loggers: list[str] = field(default_factory=lambda: list(DEFAULT_LOGGERS))
+    # Validation answers kept per validation: the first N held-out problems (data order, the same every time, so
+    # steps compare row by row), the first answer of each, to <output_dir>/samples/step_<k>.jsonl and the loggers
+    # (TensorBoard text, W&B table). EasyR1: val_generations_to_log (3); TRL: log_completions (off). 0: none.
+    val_samples_to_log: int = non_negative(8, ">= 0 (0: none)")
 
     def check(self) -> None:
         _require([(self.rollout_batch_size % self.minibatch_size == 0,

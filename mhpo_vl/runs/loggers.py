@@ -16,6 +16,7 @@ from typing import Any
 
 from mhpo_vl.config.schema import DEFAULT_LOGGERS, LOGGERS, TrainerConfig
 from mhpo_vl.config.schema import check_logger_names as check_loggers
+from mhpo_vl.runs.atomic_io import write_durably
 
 __all__ = ["DEFAULT_LOGGERS", "LOGGERS", "MetricsWriter", "WandbLogger", "check_loggers", "metrics_writer",
            "read_metrics"]
@@ -90,6 +91,33 @@ class MetricsWriter:
         if self._wandb is not None:
             self._wandb.log(step, scalars)
 
+    def write_samples(self, step: int, rows: list[dict[str, Any]], *, tag: str | None = None) -> Path | None:
+        """Validation answers (``trainer.val_samples_to_log``): ``<output_dir>/samples/step_<k>[_<tag>].jsonl``, one
+        JSON object per row, written whole or not at all (a rerun of the step replaces it); the same rows as a
+        TensorBoard text table (tag ``val/samples``) and a W&B table (``val/samples``) when those loggers are on."""
+        if not self.enabled:
+            return None
+        name = f"step_{step:06d}" + (f"_{tag}" if tag else "")
+        path = self.path.parent / "samples" / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, "".join(json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=False) + "\n"
+                                    for row in rows))
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        if self._tb_args is not None and self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(**self._tb_args)
+        if self._tb is not None and rows:
+            cell = lambda v: str(v).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731 - one markdown cell
+            table = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+            table += [f"| {' | '.join(cell(row.get(c, '')) for c in columns)} |" for row in rows]
+            self._tb.add_text("val/samples" + (f"/{tag}" if tag else ""), "\n".join(table), step)
+            self._tb.flush()
+        if self._wandb is not None and rows:
+            self._wandb.log_table(step, "val/samples" + (f"/{tag}" if tag else ""), columns,
+                                  [[row.get(c) for c in columns] for row in rows])
+        return path
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
@@ -127,6 +155,12 @@ class WandbLogger:
         if self._run is None:
             self._start()
         self._run.log(scalars, step=step)
+
+    def log_table(self, step: int, key: str, columns: list[str], data: list[list[Any]]) -> None:
+        """A ``wandb.Table`` under ``key`` at ``step`` (the validation samples)."""
+        if self._run is None:
+            self._start()
+        self._run.log({key: self._wandb.Table(columns=list[str | int](columns), data=data)}, step=step)
 
     def close(self) -> None:
         if self._run is not None:

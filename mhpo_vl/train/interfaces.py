@@ -69,6 +69,14 @@ class ReportsRewardMetrics(Protocol):
 
 
 @runtime_checkable
+class ReportsRewardComponents(Protocol):
+    """A reward function whose results have named parts (a `reward.function` that returns a dict:
+    mhpo_vl.grading.user_reward): their (sum, count) since the last call, logged as means `reward/fn/<name>` per
+    step and `val/reward/fn/<name>` per validation."""
+
+    def pop_component_totals(self) -> dict[str, tuple[float, float]]: ...
+
+
 class RewardFn(Protocol):
     """``reward_fn(samples, responses, truncated=flags) -> RewardResult``: one reward per response."""
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,12 +29,21 @@ from mhpo_vl.train import checkpointing
 from mhpo_vl.train.advantages import count_zero_variance_groups, group_advantages
 from mhpo_vl.train.data_order import PromptOrder
 from mhpo_vl.train.dynamic_sampling import dynamic_sample
-from mhpo_vl.train.interfaces import Closeable, ReportsRewardMetrics, RewardFn, TrainerParts
+from mhpo_vl.train.interfaces import (
+    Closeable,
+    ReportsRewardComponents,
+    ReportsRewardMetrics,
+    RewardFn,
+    TrainerParts,
+)
 from mhpo_vl.train.logprobs import PolicyLogprobs, compute_old_logprobs
 from mhpo_vl.train.records import OldLogprobs, Rollouts, ScoredRollouts, UpdateStats
 from mhpo_vl.train.state import TrainState
 from mhpo_vl.train.update import NonfiniteUpdates, PolicyUpdate, local_minibatch_rows
 from mhpo_vl.types import EncodedPrompt, Sample
+
+if TYPE_CHECKING:
+    from mhpo_vl.evaluation.pipeline import GradedGroup
 
 __all__ = ["Trainer"]
 
@@ -59,9 +68,21 @@ class _RewardVerdicts:
 
     def __init__(self, reward_fn: RewardFn):
         self.reward_fn = reward_fn
+        self.rewards: list[float] = []  # of every response graded, in order (validation samples show them)
 
     def grade(self, samples: list[Sample], responses: list[str]) -> list[Any]:
-        return list(self.reward_fn(samples, responses).verdicts)
+        out = self.reward_fn(samples, responses)
+        self.rewards.extend(float(r) for r in out.rewards)
+        return list(out.verdicts)
+
+
+def val_sample_row(index: int, group: GradedGroup, reward: float | None) -> dict[str, Any]:
+    """A logged validation answer: the problem's place in the held-out set, its id, question and gold answer, and
+    the first answer sampled for it (text, extracted answer, reward, correctness, why it ended)."""
+    completion, verdict = group.completions[0], group.verdicts[0]
+    return {"index": index, "prompt_id": group.sample.id, "question": group.sample.question,
+            "response": completion.text, "prediction": verdict.prediction, "gold": group.sample.answer,
+            "reward": reward, "correct": bool(verdict.correct), "finish_reason": completion.finish_reason}
 
 
 class Trainer:
@@ -138,7 +159,8 @@ class Trainer:
             self.sampler.wake_up()  # weights go into an awake engine (sleep mode offloads them on GPU)
             self.sync_weights()
         self.state.step += 1
-        return self.step_metrics(batch, old, {**group_metrics, **stats.metrics}, timer, time.perf_counter() - start)
+        return self.step_metrics(batch, old, {**group_metrics, **stats.metrics, **self.reward_component_metrics()},
+                                 timer, time.perf_counter() - start)
 
     def next_prompts(self) -> list[Sample]:
         indices = self.state.order.next_batch()
@@ -205,10 +227,11 @@ class Trainer:
         self.sampler.load_weights(self.rt.iter_full_weights(only=trainable))  # streamed: one tensor at a time
 
     # ------------------------------------------------------------------------------------------ validate ----
-    def validate(self) -> dict[str, float]:
+    def validate(self, tag: str | None = None) -> dict[str, float]:
         """Avg@k accuracy on the held-out split (k = rollout.val_n), sampled with the validation settings, through
         the evaluation pipeline `mhpo-vl eval` uses (mhpo_vl.evaluation.run_validation), graded by the reward's
-        grader."""
+        grader; the means of a `reward.function`'s named parts as `val/reward/fn/<name>`. The answers to the first
+        `trainer.val_samples_to_log` problems go to `<output_dir>/samples/step_<k>[_<tag>].jsonl` and the loggers."""
         from mhpo_vl.evaluation import run_validation
 
         r = self.cfg.rollout
@@ -217,8 +240,43 @@ class Trainer:
         config = SamplingConfig(n=r.val_n, temperature=r.val_temperature, top_p=r.val_top_p,
                                 max_tokens=r.max_tokens, seed=self.cfg.trainer.seed * 31 + 17)
         self.sampler.wake_up()
-        return run_validation(self.sampler, self._val_prompts, config, _RewardVerdicts(self.reward_fn),
-                              all_reduce_sum=self.rt.all_reduce_sum)
+        grader = _RewardVerdicts(self.reward_fn)
+        graded: list[GradedGroup] = []
+        metrics = run_validation(self.sampler, self._val_prompts, config, grader,
+                                 all_reduce_sum=self.rt.all_reduce_sum, keep=graded.extend)
+        metrics.update(self.reward_component_metrics(prefix="val/"))
+        if self.cfg.trainer.val_samples_to_log > 0:
+            self.log_val_samples(graded, grader.rewards, tag)
+        return metrics
+
+    def log_val_samples(self, graded: list[GradedGroup], rewards: list[float], tag: str | None) -> None:
+        """The first `trainer.val_samples_to_log` held-out problems (the order of `data.val`, on every rank) with
+        the first answer to each, written by the main process (MetricsWriter.write_samples)."""
+        limit, world, rank = self.cfg.trainer.val_samples_to_log, self.rt.world_size, self.rt.rank
+        rows, first = [], 0  # first: the group's first answer among all answers (the order rewards are in)
+        for i, group in enumerate(graded):
+            index = i * world + rank  # this rank holds val_samples[rank::world]
+            if index < limit:
+                rows.append(val_sample_row(index, group, rewards[first] if first < len(rewards) else None))
+            first += len(group.completions)
+        if world > 1:
+            rows = [row for part in self.rt.all_gather_objects(rows) for row in part]
+        if self.rt.is_main:
+            self.writer.write_samples(self.state.step, sorted(rows, key=lambda row: row["index"]), tag=tag)
+
+    def reward_component_metrics(self, prefix: str = "") -> dict[str, float]:
+        """Means over every rank of the named parts of the reward's results since the last call (a reward that
+        reports them: ReportsRewardComponents), as `<prefix>reward/fn/<name>`; {} for other rewards."""
+        if not isinstance(self.reward_fn, ReportsRewardComponents):
+            return {}
+        totals = self.reward_fn.pop_component_totals()
+        merged: dict[str, list[float]] = {}
+        for part in self.rt.all_gather_objects(totals) if self.rt.world_size > 1 else [totals]:
+            for name, (total, count) in part.items():
+                into = merged.setdefault(name, [0.0, 0.0])
+                into[0] += total
+                into[1] += count
+        return {f"{prefix}reward/fn/{name}": total / count for name, (total, count) in sorted(merged.items()) if count}
 
     def log_validation(self, val: dict[str, float], *, tag: str | None = None, write: bool = True) -> float:
         record = {"step": self.state.step, "accuracy": val["val/accuracy"], **({"tag": tag} if tag else {})}
@@ -307,7 +365,7 @@ class Trainer:
             from mhpo_vl.train.warmstart import run_warmstart
 
             if self.cfg.trainer.val_before_train:
-                before = self.validate()
+                before = self.validate(tag="before_warmstart")
                 self.state.summary_extra["val_accuracy_before_warmstart"] = before["val/accuracy"]
                 self.log_validation(before, tag="before_warmstart")
             ws = run_warmstart(self.rt.unwrapped(), self.policy.tokenizer, self.encoder, self.train_samples,

@@ -15,6 +15,7 @@ from mhpo_vl.config import RunConfig, config_to_dict
 from mhpo_vl.distributed import Runtime as DistributedRuntime
 from mhpo_vl.distributed import launcher_world_size
 from mhpo_vl.grading.reward import RewardFunction
+from mhpo_vl.grading.user_reward import UserRewardFunction
 from mhpo_vl.losses import PolicyLoss, build_loss
 from mhpo_vl.models.policy import LoadedPolicy
 from mhpo_vl.runs import console
@@ -168,10 +169,16 @@ def make_loss(cfg: RunConfig) -> PolicyLoss:
     return build_loss(cfg.algorithm.loss, **loss_kwargs)
 
 
-def make_reward(cfg: RunConfig) -> RewardFunction:
+def make_reward(cfg: RunConfig) -> RewardFunction | UserRewardFunction:
+    """The built-in reward (accuracy and format weights, graded in a process pool), or the user's function named by
+    `reward.function`, run in such a pool with the same timeout (mhpo_vl.grading.user_reward)."""
     from mhpo_vl.grading import Grader
 
     r = cfg.reward
+    if r.function is not None:
+        return UserRewardFunction(r.function, num_workers=r.num_workers, timeout_s=r.timeout_s,
+                                  require_think=r.require_think, max_consecutive_failures=r.max_consecutive_failures,
+                                  truncated_reward=r.truncated_reward)
     grader = Grader(num_workers=r.num_workers, timeout_s=r.timeout_s, require_think=r.require_think)
     return RewardFunction(grader, accuracy_weight=r.accuracy_weight, format_weight=r.format_weight,
                           truncated_reward=r.truncated_reward)

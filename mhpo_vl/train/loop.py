@@ -81,7 +81,8 @@ def val_sample_row(index: int, group: GradedGroup, reward: float | None) -> dict
     the first answer sampled for it (text, extracted answer, reward, correctness, why it ended)."""
     completion, verdict = group.completions[0], group.verdicts[0]
     return {"index": index, "prompt_id": group.sample.id, "question": group.sample.question,
-            "response": completion.text, "prediction": verdict.prediction, "gold": group.sample.answer,
+            "response": completion.text, "prediction": getattr(verdict, "prediction", None),  # not every verdict has one
+            "gold": group.sample.answer,
             "reward": reward, "correct": bool(verdict.correct), "finish_reason": completion.finish_reason}
 
 

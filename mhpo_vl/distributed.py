@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -61,6 +62,7 @@ class Runtime:
         self.max_grad_norm = max_grad_norm
         self.model: Any = None
         self.optimizer: Any = None
+        self.gather_calls = 0  # ZeRO-3 all-gathers in the last iter_full_weights pass
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
@@ -251,10 +253,11 @@ class Runtime:
     def iter_full_weights(self, only: set[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, whole tensor) for each of the model's weights (`only`: just these names), one at a time.
 
-        Without ZeRO-3 the tensors are the model's own. ZeRO-3 partitions them, so each is gathered into a copy
-        as it is reached: the extra memory is one tensor plus what the consumer keeps (the vLLM weight sync keeps
-        nothing; a checkpoint keeps CPU copies on the main process). Under ZeRO-3 this is a collective: every
-        rank must run through the whole iterator."""
+        Without ZeRO-3 the tensors are the model's own. ZeRO-3 partitions them, so they are gathered into copies
+        one decoder layer at a time (`layer_groups`: one all-gather per layer instead of one per tensor, ~12 per
+        layer): the extra memory is one layer plus what the consumer keeps (the vLLM weight sync keeps nothing; a
+        checkpoint keeps CPU copies on the main process). `self.gather_calls` counts the gathers of the last pass.
+        Under ZeRO-3 this is a collective: every rank must run through the whole iterator."""
         model = self.unwrapped()
         if self.zero_stage != 3:
             for name, tensor in model.state_dict().items():
@@ -264,11 +267,13 @@ class Runtime:
         import deepspeed
 
         saved_names = model.state_dict().keys()  # names only: the tensors in it are the empty partitions
-        for name, param in model.named_parameters():
-            if only is None or name in only:
-                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    whole = param.detach().clone()
-                yield name, whole
+        self.gather_calls = 0
+        wanted = [(n, p) for n, p in model.named_parameters() if only is None or n in only]
+        for group in layer_groups(wanted):
+            self.gather_calls += 1
+            with deepspeed.zero.GatheredParameters([p for _, p in group], modifier_rank=None):
+                copies = [(n, p.detach().clone()) for n, p in group]
+            yield from copies
         for name, buf in model.named_buffers():  # buffers are never partitioned
             if (only is None or name in only) and name in saved_names:
                 yield name, buf.detach()
@@ -297,6 +302,25 @@ class Runtime:
                 raise RuntimeError(f"DeepSpeed could not load its state from {path}")
 
 
+_LAYER = re.compile(r"^(.*?\.(?:layers|blocks)\.\d+)\.")
+
+
+def layer_groups(named: list[tuple[str, T]]) -> list[list[tuple[str, T]]]:
+    """Consecutive (name, x) pairs grouped by decoder layer / vision block prefix (``...layers.7.``,
+    ``...blocks.3.``); a name outside any layer (embeddings, final norm, lm_head) is a group of its own."""
+    groups: list[list[tuple[str, T]]] = []
+    last: str | None = None
+    for name, x in named:
+        m = _LAYER.match(name)
+        key = m.group(1) if m else None
+        if key is not None and key == last and groups:
+            groups[-1].append((name, x))
+        else:
+            groups.append([(name, x)])
+        last = key
+    return groups
+
+
 def _hidden_size(model: torch.nn.Module) -> int:
     config = getattr(model, "config", None)
     text = getattr(config, "text_config", None) or config
@@ -307,6 +331,11 @@ def launcher_rank() -> int:
     """This process's rank as torchrun / `accelerate launch` set it (RANK), before any process group exists; 0 for a
     plain single process. For what prints and which log file a process writes (mhpo_vl.runs.console)."""
     return int(os.environ.get("RANK", "0"))
+
+
+def launcher_local_rank() -> int:
+    """This process's rank on its machine (LOCAL_RANK; 0 for a plain single process): its GPU, cuda:LOCAL_RANK."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def launcher_world_size() -> int:

@@ -31,9 +31,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Dense bf16 peak TFLOP/s (no sparsity) by a substring of torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
-                    "L40": 181.0, "A10": 125.0, "4090": 165.0, "B200": 2250.0}
+# Dense bf16 peak TFLOP/s (no sparsity) by the EXACT product name torch.cuda.get_device_name() returns; a name not
+# here gives MFU n/a (give --peak-tflops) rather than a guess: an H100 PCIe matched as "H100" would get the SXM peak.
+# Sources: NVIDIA's datasheets (H100: "NVIDIA H100 Tensor Core GPU" datasheet, BF16 dense = half the sparse figure;
+# H200: H200 datasheet; A100: A100 datasheet; L40S: L40S datasheet; B200: DGX B200 / HGX datasheet, per GPU).
+PEAK_BF16_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": 989.0,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756.0,
+    "NVIDIA H100 NVL": 835.0,
+    "NVIDIA H200": 989.0,  # H200 SXM
+    "NVIDIA H200 NVL": 835.0,
+    "NVIDIA A100-SXM4-80GB": 312.0,
+    "NVIDIA A100-SXM4-40GB": 312.0,
+    "NVIDIA A100 80GB PCIe": 312.0,
+    "NVIDIA A100-PCIE-40GB": 312.0,
+    "NVIDIA L40S": 362.0,
+    "NVIDIA B200": 2250.0,
+}
+# vLLM 0.32 on CUDA runs its newer model runner (v1/worker/gpu/...; VLLM_USE_V2_MODEL_RUNNER unset = vLLM's choice),
+# which the CPU tests never exercise; if the check fails inside vLLM's runner, rerun with VLLM_USE_V2_MODEL_RUNNER=0
+# (the older runner) to tell a runner problem from ours. The summary records the variable as it was.
 PHASES = ("prompts", "rollout", "reward", "advantages", "old_logprobs", "update", "weight_sync")
 GIB = 1024 ** 3
 
@@ -139,11 +156,23 @@ def run_steps(args, model_path: str, extra: list[str]) -> dict:
                   f"{m['throughput/padding_fraction_update']:.3f} (update) / {m['throughput/padding_fraction_logprob']:.3f}"
                   f" (old logprobs)", flush=True)
         sleep = sleep_check(trainer, args.device)
+        model = trainer.rt.unwrapped()
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        suffix = synced_weight_name(args.device)
+        weights = {n: t.detach().to("cpu") for n, t in trainer.rt.iter_full_weights(only=trainable)
+                   if n.endswith(suffix)}
+        synced = synced_weight_check(trainer.sampler, weights, suffix) if hasattr(trainer.sampler, "llm") else {}
+        placement = engine_device_check(trainer.sampler) if hasattr(trainer.sampler, "llm") else {}
+        print(f"synced weight {synced.get('trainer_name')} read back from the engine: "
+              f"{'bit-identical' if synced.get('identical') else 'DIFFERENT'} (max |diff| {synced.get('max_abs_diff')})",
+              flush=True)
+        print(f"rank {placement.get('local_rank')}: engine weights on {placement.get('engine_device')} (expected "
+              f"{placement.get('expected')}); device memory used per GPU {placement.get('device_used_gib')}", flush=True)
         peak_alloc = torch.cuda.max_memory_allocated() / GIB if args.device == "cuda" else float("nan")
     finally:
         trainer.close()  # closes the engine too
     return {"setup_s": setup_s, "steps": steps, "sleep": sleep, "peak_torch_allocated_gib": peak_alloc,
-            "language_params": n_lm, "cfg": cfg}
+            "language_params": n_lm, "cfg": cfg, "synced_weight": synced, "engine_placement": placement}
 
 
 def sleep_check(trainer, device: str) -> dict:
@@ -179,8 +208,55 @@ def peak_for(device: str, given: float | None) -> float | None:
         return given
     import torch
 
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return peak_by_name(torch.cuda.get_device_name())
+
+
+def peak_by_name(name: str) -> float | None:
+    """The dense bf16 peak of a GPU by its exact product name; None (MFU n/a) for any other name."""
+    return PEAK_BF16_TFLOPS.get(name.strip())
+
+
+def synced_weight_name(device: str) -> str:
+    """The weight compared after the sync: on CUDA a matrix vLLM keeps unfused (down_proj; q/k/v and gate/up are
+    fused there); vLLM's CPU build repacks linear weights for oneDNN (the parameter reads back empty), so on CPU a
+    norm weight, which it keeps as is."""
+    return "layers.0.mlp.down_proj.weight" if device == "cuda" else "layers.0.post_attention_layernorm.weight"
+
+
+def synced_weight_check(sampler, trainer_weights: dict, suffix: str = "layers.0.mlp.down_proj.weight") -> dict:
+    """One synced weight read back from the engine (llm.apply_model: the in-process model) against the trainer's
+    copy, bit for bit. `suffix` names a tensor vLLM keeps unfused (down_proj; q/k/v and gate/up are fused there)."""
+    import torch
+
+    mine = [(n, t) for n, t in trainer_weights.items() if n.endswith(suffix) and "visual" not in n]
+    if len(mine) != 1:
+        raise ValueError(f"{suffix}: {len(mine)} trainer weights end with it")
+    name, expected = mine[0]
+
+    def read(model):
+        found = [(n, p) for n, p in model.named_parameters() if n.endswith(suffix) and "visual" not in n]
+        return found[0][0], found[0][1].detach().to("cpu").clone()
+
+    engine_name, got = sampler.llm.apply_model(read)[0]
+    expected = expected.detach().to("cpu").to(got.dtype)
+    return {"trainer_name": name, "engine_name": engine_name, "identical": bool(torch.equal(got, expected)),
+            "max_abs_diff": float((got.float() - expected.float()).abs().max())}
+
+
+def engine_device_check(sampler) -> dict:
+    """Where this rank's engine holds its weights, against the device it should use (cuda:LOCAL_RANK)."""
+    import torch
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = sampler.llm.apply_model(lambda m: str(next(m.parameters()).device))[0]
+    per_device = {}
+    if torch.cuda.is_available():
+        for d in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(d)
+            per_device[f"cuda:{d}"] = round((total - free) / GIB, 2)
+    want = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return {"local_rank": local_rank, "engine_device": device, "expected": want, "ok": device == want,
+            "device_used_gib": per_device}
 
 
 def run_benchmarks(device: str, tiny: bool) -> dict:
@@ -229,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     last = result["steps"][-1]
     print(f"\nlanguage model parameters N = {result['language_params'] / 1e9:.3f} B; achieved "
           f"{util['achieved_tflops']:.2f} TFLOP/s; MFU " + (f"{util['mfu']:.1%} of {peak:.0f} TFLOP/s bf16" if peak
-                                                          else "unknown (give --peak-tflops)"))
+                                                          else "n/a (GPU not in the table: give --peak-tflops)"))
     print(f"tokens/s per GPU: {last['throughput/tokens_per_s']:.0f} (step), "
           f"{last['throughput/generated_tokens_per_s']:.0f} generated (rollout)")
     if args.device == "cuda":
@@ -242,9 +318,12 @@ def main(argv: list[str] | None = None) -> int:
                "steps": [{k: v for k, v in m.items() if k.startswith(("timing/", "throughput/", "rollout/logprob"))}
                          for m in result["steps"]],
                "mfu": util, "sleep": sleep, "peak_torch_allocated_gib": result["peak_torch_allocated_gib"],
-               "benchmarks": bench, "total_s": round(time.perf_counter() - start, 1)}
+               "benchmarks": bench, "total_s": round(time.perf_counter() - start, 1),
+               "synced_weight": result["synced_weight"], "engine_placement": result["engine_placement"],
+               "VLLM_USE_V2_MODEL_RUNNER": os.environ.get("VLLM_USE_V2_MODEL_RUNNER")}
     print("\n" + json.dumps(summary, default=str))
-    return 0 if all(b["returncode"] == 0 for b in bench.values()) else 1
+    checks_ok = result["synced_weight"].get("identical", False) and result["engine_placement"].get("ok", False)
+    return 0 if checks_ok and all(b["returncode"] == 0 for b in bench.values()) else 1
 
 
 if __name__ == "__main__":

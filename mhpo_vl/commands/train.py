@@ -30,6 +30,14 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_bad:
         overrides.append("data.skip_bad=true")
     cfg = load_config(args.config, overrides)  # a ConfigError is one line on stderr (mhpo_vl.cli), exit 2
+    from mhpo_vl.train.memory_plan import MemoryPlanError, check_before_training
+
+    try:  # on a GPU, before anything loads: refuse a config whose steady-state memory cannot fit (mhpo-vl plan-memory)
+        for line in check_before_training(cfg):
+            console.line(line)
+    except MemoryPlanError as e:
+        console.line(f"mhpo-vl train: {e}", error=True)
+        return 2
     from mhpo_vl.runs.checkpoints import CheckpointError
     from mhpo_vl.runs.preemption import PREEMPTED_EXIT_CODE, Preempted
     from mhpo_vl.runs.run_dir import RunDirError

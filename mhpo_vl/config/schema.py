@@ -151,6 +151,13 @@ class RolloutConfig:
     max_tokens: int = positive(2048, ">= 1")  # max response length (paper Sec. 4.1: 2048 for Qwen2.5 models)
     gpu_memory_utilization: float = unit_interval(0.6)
     enable_sleep_mode: bool = True  # GPU only: free vLLM's memory while the trainer works
+    # GPU only, with sleep mode. 1: the engine's weights go to pinned host memory and come back at each wake-up
+    # (for a 7B, ~15.4 GiB each way per rank per step), although the weight sync overwrites them right after.
+    # 2: they are discarded instead (vLLM 0.32 LLM.sleep(level=2)); the frozen vision tower, which the sync never
+    # sends, is kept on the host by name (vLLM's sleep_preserve_parameter_names, "visual.*"). Level 2 needs every
+    # other weight synced after each wake-up: full-parameter training (what the trainer syncs). Not yet measured
+    # on a GPU (issue 25), hence 1 by default; scripts/gpu_check.py's rollout/logprob_diff_max shows a broken sync.
+    sleep_level: int = _ranged(1, lambda v: v in (1, 2), "1 or 2")
     max_model_len: int | None = positive(None, "> 0 (or null: max_prompt_length + max_tokens)")
     val_temperature: float = positive(0.5)  # EasyR1 val_override_config
     val_top_p: float = unit_interval(1.0)

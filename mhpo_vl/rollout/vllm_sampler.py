@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -34,27 +35,54 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def make_llm(
+# vLLM's names of Qwen2.5-VL's vision tower parameters (vllm/model_executor/models/qwen2_5_vl.py maps the HF
+# "model.visual." prefix to "visual."): what a level-2 sleep keeps when the trainer does not sync the tower.
+VISION_TOWER_GLOBS = ("visual.*",)
+
+
+def launcher_ranks() -> tuple[int, int, int]:
+    """(RANK, LOCAL_RANK, WORLD_SIZE) as torchrun / `accelerate launch` set them; (0, 0, 1) for a plain process."""
+    from mhpo_vl.distributed import launcher_local_rank, launcher_rank, launcher_world_size
+
+    return launcher_rank(), launcher_local_rank(), launcher_world_size()
+
+
+def engine_device(local_rank: int, world_size: int, device_type: str) -> str:
+    """The device the rank's engine runs on: its own GPU, ``cuda:LOCAL_RANK`` (vLLM's external launcher reads
+    LOCAL_RANK: ``v1/executor/uniproc_executor.py`` ExecutorWithExternalLauncher._distributed_args, then
+    ``v1/worker/gpu_worker.py`` init_device: ``cuda:{local_rank}``). The default single-process executor would
+    use ``local_rank = 0`` on every rank, i.e. every engine on GPU 0."""
+    if device_type == "cpu":
+        return "cpu"
+    return f"cuda:{local_rank if world_size > 1 else 0}"
+
+
+def engine_kwargs(
     model_path: str | Path,
     *,
+    rank: int,
+    local_rank: int,
+    world_size: int,
+    device_type: str,
     max_model_len: int = 4096,
     dtype: str = "auto",
     seed: int = 0,
     gpu_memory_utilization: float = 0.5,
     enable_sleep_mode: bool = False,
+    sleep_preserve: tuple[str, ...] = (),
     limit_mm_per_prompt: dict[str, int] | None = None,
-    cpu_kv_cache_gib: float = 1.0,
     enforce_eager: bool | None = None,
-    **engine_kwargs: Any,
-):
-    """Build an in-process ``vllm.LLM`` (see the module docstring for the settings and why)."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    on_cpu = _on_cpu()
-    if on_cpu:
-        # Read when the CPU worker sizes its KV cache; the default would reserve many GiB.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cpu_kv_cache_gib))))  # vLLM parses an int (GiB)
-    from vllm import LLM
+) -> dict[str, Any]:
+    """The keyword arguments of ``vllm.LLM`` for one rank: a pure function of the rank and the device type.
 
+    Several processes (torchrun / accelerate, one per GPU): ``distributed_executor_backend="external_launcher"``,
+    as TRL's colocate mode (``trl/generation/vllm_generation.py``): each engine is one in-process worker on
+    ``cuda:LOCAL_RANK`` (``engine_device``) that joins the trainer's process group (already initialised, so vLLM
+    does not create another: ``distributed/parallel_state.py`` init_distributed_environment) and needs
+    VLLM_ENABLE_V1_MULTIPROCESSING=0, which this module sets. Tensor parallel size 1: each engine holds the whole
+    model and generates for its own rank's prompts. vLLM reads RANK and LOCAL_RANK from the environment itself
+    (``rank`` / ``local_rank`` here are what the launcher set there; ``engine_device`` names the device)."""
+    on_cpu = device_type == "cpu"
     kwargs: dict[str, Any] = dict(
         model=str(model_path),
         max_model_len=max_model_len,
@@ -64,17 +92,60 @@ def make_llm(
         # torch.compile of the model takes ~30 s on a CPU at first start; eager is plenty for CPU tests.
         enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
     )
+    if world_size > 1:
+        kwargs["distributed_executor_backend"] = "external_launcher"
+        kwargs["tensor_parallel_size"] = 1
     if limit_mm_per_prompt is not None:
         kwargs["limit_mm_per_prompt"] = limit_mm_per_prompt
     if on_cpu:
         # vLLM 0.32 CPU: a seeded request whose prefill is chunked fails ("CPU Generator does not use offset",
         # when vLLM rewinds its generator for the discarded partial-prefill sample); whole prefills avoid it.
         kwargs["enable_chunked_prefill"] = False
-    if not on_cpu:
+    else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs["enable_sleep_mode"] = enable_sleep_mode
-    kwargs.update(engine_kwargs)
-    return LLM(**kwargs)
+        if enable_sleep_mode and sleep_preserve:
+            # kept in host memory across a level-2 sleep (vllm/config/model.py sleep_preserve_parameter_names)
+            kwargs["sleep_preserve_parameter_names"] = list(sleep_preserve)
+    return kwargs
+
+
+def make_llm(
+    model_path: str | Path,
+    *,
+    max_model_len: int = 4096,
+    dtype: str = "auto",
+    seed: int = 0,
+    gpu_memory_utilization: float = 0.5,
+    enable_sleep_mode: bool = False,
+    sleep_preserve: tuple[str, ...] = (),
+    limit_mm_per_prompt: dict[str, int] | None = None,
+    cpu_kv_cache_gib: float = 1.0,
+    enforce_eager: bool | None = None,
+    **extra_kwargs: Any,
+):
+    """Build an in-process ``vllm.LLM`` on this rank's device (see the module docstring and ``engine_kwargs``).
+    The trainer's current CUDA device is restored afterwards (vLLM's worker calls set_device_index)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    on_cpu = _on_cpu()
+    if on_cpu:
+        # Read when the CPU worker sizes its KV cache; the default would reserve many GiB.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cpu_kv_cache_gib))))  # vLLM parses an int (GiB)
+    from vllm import LLM
+
+    rank, local_rank, world_size = launcher_ranks()
+    kwargs = engine_kwargs(model_path, rank=rank, local_rank=local_rank, world_size=world_size,
+                           device_type="cpu" if on_cpu else "cuda", max_model_len=max_model_len, dtype=dtype,
+                           seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                           enable_sleep_mode=enable_sleep_mode, sleep_preserve=sleep_preserve,
+                           limit_mm_per_prompt=limit_mm_per_prompt, enforce_eager=enforce_eager)
+    kwargs.update(extra_kwargs)
+    device_before = None if on_cpu else torch.cuda.current_device()
+    try:
+        return LLM(**kwargs)
+    finally:
+        if device_before is not None:
+            torch.cuda.set_device(device_before)
 
 
 class VLLMSampler:
@@ -89,13 +160,23 @@ class VLLMSampler:
         seed: int = 0,
         gpu_memory_utilization: float = 0.5,
         enable_sleep_mode: bool = False,
+        sleep_level: int = 1,
+        sleep_preserve: tuple[str, ...] = (),
         limit_mm_per_prompt: dict[str, int] | None = None,
         cpu_kv_cache_gib: float = 1.0,
         enforce_eager: bool | None = None,
         **engine_kwargs: Any,
     ):
+        """``sleep_level`` 1: ``sleep`` offloads the weights to host memory and back; 2: it discards them (the
+        weight sync after each wake-up overwrites every trainable one) except ``sleep_preserve`` (vLLM parameter
+        globs, e.g. ``VISION_TOWER_GLOBS`` when the tower is frozen and never synced), which vLLM keeps on the host."""
+        if sleep_level not in (1, 2):
+            raise ValueError(f"sleep_level must be 1 or 2, got {sleep_level}")
         start = time.perf_counter()
         self.model_path = str(model_path)
+        # Whether the trainer (accelerate / DeepSpeed) made the default process group before the engine: then it is
+        # the trainer's, and close() must leave it alone (vLLM joins it instead of creating its own).
+        self._trainer_process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.llm = make_llm(
             model_path,
             max_model_len=max_model_len,
@@ -103,6 +184,7 @@ class VLLMSampler:
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
             enable_sleep_mode=enable_sleep_mode,
+            sleep_preserve=sleep_preserve if sleep_level == 2 else (),
             limit_mm_per_prompt=limit_mm_per_prompt,
             cpu_kv_cache_gib=cpu_kv_cache_gib,
             enforce_eager=enforce_eager,
@@ -111,6 +193,7 @@ class VLLMSampler:
         self.init_seconds = time.perf_counter() - start
         self.max_model_len = max_model_len
         self.sleep_enabled = enable_sleep_mode and not _on_cpu()
+        self.sleep_level = sleep_level
         self._asleep = False
         tokenizer = self.llm.get_tokenizer()
         self.tokenizer = tokenizer
@@ -234,20 +317,57 @@ class VLLMSampler:
 
         engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if engine_core is not None and hasattr(engine_core, "shutdown"):
-            engine_core.shutdown()
-        self.llm = None
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            if self._trainer_process_group:
+                # EngineCore.shutdown (v1/engine/core.py) ends with cleanup_dist_env_and_memory(), which destroys
+                # torch's default group: the trainer's here. Swap in the version that leaves it alone.
+                import vllm.v1.engine.core as vllm_core
 
-        cleanup_dist_env_and_memory()
+                original = vllm_core.cleanup_dist_env_and_memory
+                vllm_core.cleanup_dist_env_and_memory = release_vllm_groups
+                try:
+                    engine_core.shutdown()
+                finally:
+                    vllm_core.cleanup_dist_env_and_memory = original
+            else:
+                engine_core.shutdown()
+        self.llm = None
+        if self._trainer_process_group:
+            release_vllm_groups()
+        else:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()  # also destroys torch's default group: vLLM made it
         gc.collect()
 
     def sleep(self) -> None:
-        """Free the engine's GPU memory for the training phase (level 1: weights offloaded, KV cache dropped)."""
+        """Free the engine's GPU memory for the training phase (level 1: weights offloaded to host memory, KV cache
+        dropped; level 2: weights discarded too, except the preserved ones; the next wake_up is followed by the sync)."""
         if self.sleep_enabled and not self._asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=self.sleep_level)
             self._asleep = True
 
     def wake_up(self) -> None:
         if self._asleep:
             self.llm.wake_up()
             self._asleep = False
+
+
+def release_vllm_groups(shutdown_ray: bool = False) -> None:
+    """vLLM's ``cleanup_dist_env_and_memory`` without its last act: it ends with
+    ``torch.distributed.destroy_process_group()`` (``distributed/parallel_state.py``
+    destroy_distributed_environment), which would destroy the TRAINER's default group when vLLM joined it (every
+    multi-process run). Here vLLM's own subgroups (model-parallel groups and its world group's copies) are destroyed
+    and its globals reset, so another engine can start in this process, and the default group is left as it was."""
+    import vllm.envs as vllm_envs
+    from vllm.distributed import parallel_state as ps
+
+    del shutdown_ray  # cleanup_dist_env_and_memory's signature; no Ray here
+
+    vllm_envs.disable_envs_cache()
+    ps.destroy_model_parallel()
+    if ps._WORLD is not None:
+        ps._WORLD.destroy()  # its device/cpu groups are subgroups vLLM created with new_group
+    ps._WORLD = None
+    ps._NODE_COUNT = None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -7,6 +7,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -114,7 +115,10 @@ def load_policy_for(cfg: RunConfig, rt: Runtime, load_from: str) -> LoadedPolicy
 
 
 def prepare_policy(cfg: RunConfig, rt: Runtime, policy: Policy) -> tuple[torch.nn.Module, Optimizer]:
-    """The policy's model and an AdamW over its trainable parameters, prepared by the runtime (DeepSpeed: an engine)."""
+    """The policy's model and an AdamW over its trainable parameters, prepared by the runtime (DeepSpeed: an engine).
+    Plain torch with a bf16/fp16 model: the AdamW steps fp32 master copies that are rounded back into the model
+    after each step (mhpo_vl.train.master_weights; DeepSpeed keeps its own). A float32 model: AdamW on its
+    parameters, as before."""
     model = policy.model
     if cfg.model.gradient_checkpointing and rt.device.type == "cuda":
         if not isinstance(model, SupportsGradientCheckpointing):
@@ -123,9 +127,19 @@ def prepare_policy(cfg: RunConfig, rt: Runtime, policy: Policy) -> tuple[torch.n
         model.gradient_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1]),
-                                  eps=o.eps)
-    return rt.prepare(model, optimizer)
+
+    def adamw(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1]),
+                                 eps=o.eps)
+
+    from mhpo_vl.train.master_weights import MasterWeightsOptimizer, needs_master_weights
+
+    if not rt.uses_deepspeed and needs_master_weights(trainable):
+        model = model.to(rt.device)  # the masters are made on the device the parameters train on
+        masters = MasterWeightsOptimizer(trainable, adamw)
+        # duck-typed as a torch optimiser: step, zero_grad, param_groups, state_dict, load_state_dict
+        return rt.prepare(model, cast(torch.optim.Optimizer, masters))
+    return rt.prepare(model, adamw(trainable))
 
 
 def load_reference(cfg: RunConfig, rt: Runtime, model_path: str) -> torch.nn.Module | None:
@@ -185,19 +199,23 @@ def make_reward(cfg: RunConfig) -> RewardFunction | UserRewardFunction:
 
 
 def sampler_from_config(cfg: RunConfig, rt: Runtime, policy: Policy, model_path: str) -> Sampler:
-    """The run's sampler from the one sampler factory (mhpo_vl.rollout.factory.make_sampler) with the run's settings:
-    HF generate on the trainer's own model, or a colocated vLLM engine (engine seed trainer.seed + 1000 * rank; sleep
-    mode on CUDA only)."""
+    """The run's sampler with the run's settings: HF generate on the trainer's own model (the one sampler factory,
+    mhpo_vl.rollout.factory.make_sampler), or a colocated vLLM engine on this rank's own device (engine seed
+    trainer.seed + 1000 * rank; sleep mode on CUDA only, at rollout.sleep_level, keeping a frozen vision tower)."""
     from mhpo_vl.rollout.factory import make_sampler as build
 
     r = cfg.rollout
     if r.backend == "hf":
         return build("hf", model_path, dtype=cfg.model.dtype, hf_model=rt.unwrapped(), hf_processor=policy.processor)
+    from mhpo_vl.rollout.vllm_sampler import VISION_TOWER_GLOBS, VLLMSampler
+
     max_len = r.max_model_len or (cfg.data.max_prompt_length + r.max_tokens)
     console.line(f"starting the vLLM engine (max_model_len {max_len})")
     started = time.perf_counter()
-    sampler = build("vllm", model_path, dtype=cfg.model.dtype, seed=cfg.trainer.seed + 1000 * rt.rank,
-                    max_model_len=max_len, gpu_memory_utilization=r.gpu_memory_utilization,
-                    enable_sleep_mode=r.enable_sleep_mode and rt.device.type == "cuda")
+    frozen_tower = cfg.model.freeze_vision_tower and bool(getattr(policy, "is_vision", False))
+    sampler = VLLMSampler(model_path, dtype=cfg.model.dtype, seed=cfg.trainer.seed + 1000 * rt.rank,
+                          max_model_len=max_len, gpu_memory_utilization=r.gpu_memory_utilization,
+                          enable_sleep_mode=r.enable_sleep_mode and rt.device.type == "cuda", sleep_level=r.sleep_level,
+                          sleep_preserve=VISION_TOWER_GLOBS if frozen_tower else ())
     console.line(f"vLLM engine ready in {time.perf_counter() - started:.0f} s")
     return sampler

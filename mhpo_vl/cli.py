@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("mhpo_vl.commands.make_tiny_model", "build a tiny random Qwen2.5-VL (or Qwen2) offline"),
     "plot-loss-shapes": ("mhpo_vl.commands.plot_loss_shapes", "draw psi, zeta and M(r) of the losses (paper Fig. 2/3)"),
     "plan-memory": ("mhpo_vl.commands.plan_memory", "the memory budget per GPU of a config: does it fit, and what would"),
+    "export": ("mhpo_vl.commands.export", "merge a LoRA checkpoint into its base model as a Hugging Face folder"),
 }
 
 

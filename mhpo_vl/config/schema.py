@@ -97,6 +97,29 @@ class DatasetSpec:
     options: dict[str, Any] = field(default_factory=dict)  # adapter-specific (e.g. geosynth n/seed/difficulty)
 
 
+# The language model's attention and MLP projections of Qwen2/2.5-VL (`model.language_model.layers.N...` in
+# transformers v5) and Qwen2 text models (`model.layers.N...`), as one regex peft matches against whole module
+# names: the vision tower's blocks (`model.visual.blocks.N.mlp.gate_proj`, ...) never match.
+LORA_TARGET_MODULES = r"model\.(?:language_model\.)?layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)"
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the language model (mhpo_vl.models.lora); `model.lora: null` (the default) is full fine-tuning."""
+    rank: int = positive(64)  # EasyR1 examples/qwen3_vl_4b_geo3k_grpo_lora.sh (lora.rank=64)
+    alpha: float = positive(64.0)  # EasyR1 examples/config.yaml (lora.alpha: 64)
+    # 0: the update's first pass must see the same function the old logprobs came from (ratio 1 on-policy)
+    dropout: float = _ranged(0.0, lambda v: 0 <= v < 1, "in [0, 1)")
+    # A regex matched against whole module names (peft's rule for a string), or a list of module-name suffixes
+    target_modules: str | list[str] = LORA_TARGET_MODULES
+
+    def check(self) -> None:
+        t = self.target_modules
+        _require([((isinstance(t, str) and bool(t)) or (isinstance(t, list) and bool(t)
+                                                      and all(isinstance(x, str) and x for x in t)),
+                   f"model.lora.target_modules must be a regex or a non-empty list of module names, got {t!r}")])
+
+
 @dataclass
 class ModelConfig:
     # Hub name, local folder, or "tiny:vl" / "tiny:text": a tiny random model built offline (mhpo-vl make-tiny-model)
@@ -107,9 +130,12 @@ class ModelConfig:
     freeze_vision_tower: bool = True  # issue 4: frozen by default; an error if the tower is missing
     gradient_checkpointing: bool = True
     attn_implementation: str | None = None
+    lora: LoraConfig | None = None  # {rank, alpha, dropout, target_modules}: train a LoRA adapter only
 
     def check(self) -> None:
         check_choice("model.dtype", self.dtype, DTYPES)
+        if self.lora is not None:
+            self.lora.check()
         # The tokenizer decides most of a tiny model's cost (README "Tiny models"), so a config states it.
         _require([(not self.name_or_path.startswith("tiny:") or self.tiny_overrides.get("vocab") in ("qwen", "small"),
                    f"model.name_or_path={self.name_or_path} needs model.tiny_overrides.vocab: 'qwen' (the real "

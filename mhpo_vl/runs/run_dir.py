@@ -184,7 +184,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], cfg: RunConfig) -> list[tuple[str, Any, Any]]:
     """(key, run's value, new value) for every bound setting that differs. Keys missing from the saved tree
     (written by a version without them) count as their defaults."""
-    before = {**_flatten(config_to_dict(RunConfig())), **_flatten(saved)}
+    saved_flat = _flatten(saved)
+    # a section that is null by default (model.lora) and set in the run: its keys, not the default's null
+    defaults = {k: v for k, v in _flatten(config_to_dict(RunConfig())).items()
+                if not any(s.startswith(f"{k}.") for s in saved_flat)}
+    before = {**defaults, **saved_flat}
     now = _flatten(config_to_dict(cfg))
     return [(key, before.get(key, UNSET), now.get(key, UNSET)) for key in sorted(set(before) | set(now))
             if key not in NOT_BOUND and before.get(key, UNSET) != now.get(key, UNSET)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mhpo_vl.config import OptimConfig
+from mhpo_vl.models.lora import has_lora, save_adapter
 from mhpo_vl.runs import console
 from mhpo_vl.runs.checkpoints import CheckpointManager
 from mhpo_vl.train.interfaces import Optimizer, Runtime, SavesPretrained
@@ -22,7 +23,11 @@ def save(ckpt: CheckpointManager, state: TrainState, rt: Runtime, processor: Any
     `val_accuracy`: the validation of this very step, if one ran (the best checkpoint is chosen by it)."""
     trainer_state = {**state.state_dict(), "optimizer": rt.optimizer_state()}
     full = None  # save_pretrained reads the module itself, whose parameters are whole except under ZeRO-3
-    if rt.zero_stage == 3:  # partitioned: every rank takes part in gathering them
+    adapter = None  # LoRA: the adapter only (mhpo_vl.models.lora); the base weights are the run's model
+    if has_lora(rt.unwrapped()):  # every rank runs through the weights (ZeRO-3 gathers each)
+        trainable = {n for n, p in rt.unwrapped().named_parameters() if p.requires_grad}
+        adapter = {name: tensor.to("cpu") for name, tensor in rt.iter_full_weights(only=trainable)}
+    elif rt.zero_stage == 3:  # partitioned: every rank takes part in gathering them
         weights = rt.iter_full_weights()
         if rt.is_main:
             full = {name: tensor.to("cpu") for name, tensor in weights}
@@ -36,7 +41,10 @@ def save(ckpt: CheckpointManager, state: TrainState, rt: Runtime, processor: Any
                         "(transformers models have; checkpoints are Hugging Face folders)")
 
     def save_model(folder: Path) -> None:
-        model.save_pretrained(folder, state_dict=full, safe_serialization=True)
+        if adapter is not None:
+            save_adapter(model, folder, adapter)
+        else:
+            model.save_pretrained(folder, state_dict=full, safe_serialization=True)
         processor.save_pretrained(folder)
 
     saved = ckpt.save(state.step, save_model=save_model, trainer_state=trainer_state, val_accuracy=val_accuracy,

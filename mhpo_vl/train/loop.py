@@ -224,6 +224,11 @@ class Trainer:
         tower is already there). Under ZeRO-3 each tensor is gathered as it is streamed."""
         if self.cfg.rollout.backend == "hf":
             return  # the HF sampler shares the trainer's model object
+        if self.cfg.model.lora is not None:  # W + (alpha/r) B A of each wrapped linear, under its base name
+            from mhpo_vl.models.lora import merged_lora_weights
+
+            self.sampler.load_weights(merged_lora_weights(self.rt.unwrapped(), self.rt.iter_full_weights))
+            return
         trainable = {n for n, p in self.rt.unwrapped().named_parameters() if p.requires_grad}
         self.sampler.load_weights(self.rt.iter_full_weights(only=trainable))  # streamed: one tensor at a time
 

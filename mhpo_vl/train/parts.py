@@ -75,8 +75,10 @@ def build_trainer(cfg: RunConfig, *, cache_dir: str | Path = ".cache", runtime: 
     run_dir = RunDirectory(cfg, CheckpointManager(Path(t.output_dir), keep_last=t.keep_last))
     resume_from = run_dir.open(is_main=rt.is_main, share=rt.all_gather_objects)
     try:
-        load_from = str(resume_from) if resume_from else model_path
-        policy = policy or load_policy_for(cfg, rt, load_from)
+        # LoRA: a checkpoint holds the adapter only; the base weights always come from the run's model
+        adapter_from = resume_from if cfg.model.lora is not None else None
+        load_from = str(resume_from) if resume_from and adapter_from is None else model_path
+        policy = policy or load_policy_for(cfg, rt, load_from, adapter_from=adapter_from)
         model, optimizer = prepare_policy(cfg, rt, policy)
         encoder = encoder or make_encoder(cfg, policy)
         train, val = datasets or load_datasets(cfg, encoder)  # every prompt checked
@@ -87,7 +89,10 @@ def build_trainer(cfg: RunConfig, *, cache_dir: str | Path = ".cache", runtime: 
                              encoder, train, val, loss_fn or make_loss(cfg), reward_fn or make_reward(cfg),
                              sampler or sampler_from_config(cfg, rt, policy, load_from),
                              metrics_writer(t, enabled=rt.is_main, run_config=config_to_dict(cfg)))
-        return Trainer(cfg, parts)
+        trainer = Trainer(cfg, parts)
+        if adapter_from is not None:  # the engine started from the base weights: give it the adapted ones
+            trainer.sync_weights()
+        return trainer
     except BaseException:
         run_dir.release()
         raise
@@ -102,7 +107,10 @@ def make_runtime(cfg: RunConfig) -> DistributedRuntime:
                               collective_timeout_s=t.collective_timeout_s)
 
 
-def load_policy_for(cfg: RunConfig, rt: Runtime, load_from: str) -> LoadedPolicy:
+def load_policy_for(cfg: RunConfig, rt: Runtime, load_from: str, adapter_from: str | Path | None = None
+                    ) -> LoadedPolicy:
+    """The policy from `load_from`; with model.lora, LoRA layers added (only they train) and, from a LoRA
+    checkpoint (`adapter_from`), its adapter loaded (mhpo_vl.models.lora)."""
     from mhpo_vl.models.policy import load_policy
 
     console.line(f"loading the policy from {load_from} ({cfg.model.dtype}, {rt.device}, "
@@ -111,6 +119,14 @@ def load_policy_for(cfg: RunConfig, rt: Runtime, load_from: str) -> LoadedPolicy
                          attn_implementation=cfg.model.attn_implementation)
     if not policy.is_vision and cfg.data.use_images:
         raise ValueError(f"model {load_from} is text-only but data.use_images is true; set data.use_images=false")
+    lora = cfg.model.lora
+    if lora is not None:
+        from mhpo_vl.models.lora import add_lora
+
+        wrapped = add_lora(policy.model, lora, adapter_from=adapter_from, base_model_name_or_path=load_from)
+        trainable = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
+        console.line(f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on {len(wrapped)} linear layers: {trainable:,} "
+                     "trainable parameters" + (f" (adapter from {adapter_from})" if adapter_from else ""))
     return policy
 
 

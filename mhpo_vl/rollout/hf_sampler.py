@@ -2,7 +2,8 @@
 
 Slow next to vLLM, but exact and dependency-free: for CPU tests, tiny models and debugging. Logprobs are
 ``log_softmax`` of the processed scores (temperature, top-p, vision-token ban), the same distribution vLLM reports
-with ``logprobs_mode="processed_logprobs"``.
+with ``logprobs_mode="processed_logprobs"``: with top_p < 1, renormalised over the nucleus, as the trainer's are
+(``mhpo_vl.models.policy.per_token_logprobs(..., top_p=)``).
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ class SamplingConfig:
 
     ``seed`` makes a call reproducible: prompt i's completion k is drawn with seed ``seed + i * n + k`` (vLLM
     gives a request's k-th child ``seed + k``), so equal seeds give equal completions for the same engine.
-    Keep top_p = 1 when the sampler's logprobs must equal the trainer's (the trainer does not truncate).
+    With top_p < 1 the samplers report logprobs renormalised over the nucleus, and the trainer's logprobs apply
+    the same nucleus (``per_token_logprobs(..., top_p=)``), so the two agree at any top_p.
     """
 
     n: int = 1

@@ -6,8 +6,11 @@ Why these engine settings:
   checkpoint on disk). On CPU it also cuts engine start-up from ~20 s to a few seconds.
 - ``logprobs_mode="processed_logprobs"``: reported logprobs are those of the distribution actually sampled from
   (after temperature and the vision-token ban), which is what ``mhpo_vl.models.policy.per_token_logprobs(...,
-  temperature=T, suppressed_token_ids=vision_token_ids(tok))`` computes. vLLM's default ``raw_logprobs`` would
-  ignore the temperature.
+  temperature=T, suppressed_token_ids=vision_token_ids(tok), top_p=P)`` computes. vLLM's default
+  ``raw_logprobs`` would ignore the temperature (and the ban). With top_p < 1 they are renormalised over the
+  nucleus (vLLM 0.32 has no mode for temperature-scaled but untruncated logprobs: ``raw_*`` come before the
+  temperature and the logit bias, ``processed_*`` after top-p), and the trainer applies the same nucleus
+  (docs/training.md, "top-p and the ratio").
 - Prompts go in as TOKEN IDS (``EncodedPrompt.prompt_token_ids`` with each run of image pads collapsed back to one
   ``<|image_pad|>``, which vLLM 0.32 expands itself; given expanded runs it expands them again) with the images
   as ``multi_modal_data``: no re-tokenisation of text. ``generate`` checks that the ids vLLM ends up with equal

@@ -14,13 +14,14 @@ from mhpo_vl.types import Completion, SequenceBatch
 class PolicyLogprobs:
     """Rows of `Rollouts` -> SequenceBatch -> per-token logprobs, through the runtime (DeepSpeed's engine sees it)."""
 
-    def __init__(self, rt, tokenizer, *, chunk_size: int, temperature: float):
+    def __init__(self, rt, tokenizer, *, chunk_size: int, temperature: float, top_p: float = 1.0):
         from mhpo_vl.models.policy import vision_token_ids
 
         self.rt = rt
         self.pad_token_id = tokenizer.pad_token_id
         self.chunk_size = chunk_size
         self.temperature = temperature
+        self.top_p = top_p
         self.banned_ids = vision_token_ids(tokenizer)
 
     def batch(self, rollouts: Rollouts, rows: list[int]) -> SequenceBatch:
@@ -30,16 +31,40 @@ class PolicyLogprobs:
                                   [rollouts.completions[i].token_ids for i in rows], pad_token_id=self.pad_token_id)
         return batch.to(self.rt.device)
 
-    def of(self, model, batch: SequenceBatch, *, with_entropy: bool = False):
-        """Logprobs of the distribution the sampler drew from: temperature applied and the vision tokens banned,
-        as vLLM's processed logprobs are, so on-policy ratios are 1 up to float error."""
+    def of(self, model, batch: SequenceBatch, *, with_entropy: bool = False, run_idle_vision_tower: bool = False):
+        """Logprobs of the distribution the sampler drew from: temperature applied, the vision tokens banned and
+        renormalised over the top-p nucleus, as vLLM's processed logprobs are, so on-policy ratios are 1 up to
+        float error (docs/training.md, "top-p and the ratio")."""
         from mhpo_vl.models.policy import per_token_logprobs
 
         return per_token_logprobs(model, batch, chunk_size=self.chunk_size, with_entropy=with_entropy,
-                                  temperature=self.temperature, suppressed_token_ids=self.banned_ids)
+                                  temperature=self.temperature, suppressed_token_ids=self.banned_ids,
+                                  top_p=self.top_p, run_idle_vision_tower=run_idle_vision_tower)
 
     def forward(self, batch: SequenceBatch, *, with_entropy: bool = False):
-        return self.rt.forward(lambda m: self.of(m, batch, with_entropy=with_entropy))
+        idle_tower = self._needs_idle_vision_tower(batch)
+        return self.rt.forward(lambda m: self.of(m, batch, with_entropy=with_entropy,
+                                                 run_idle_vision_tower=idle_tower))
+
+    def _needs_idle_vision_tower(self, batch: SequenceBatch) -> bool:
+        """Whether this rank's batch has no images while another rank's has, under ZeRO-3 with several ranks (one
+        small all-reduce per forward there, none otherwise). ZeRO-3 gathers each module's weight partitions with a
+        collective as the module runs, so a rank that skipped the vision tower would pair its next gathers with the
+        other ranks' tower gathers: "collective mismatch" on gloo, a hang on NCCL (issue 22). The rank without
+        images then runs the tower on a dummy image (mhpo_vl.models.policy._idle_vision_tower_after_embedding).
+
+        Chosen over keeping the frozen tower out of ZeRO-3's partitioning: that needs the tower taken out of the
+        module DeepSpeed wraps (and put back for checkpoints and the weight sync), whereas the dummy image costs
+        one merged image token through the tower on such ranks only, and the gathers, which the ranks with images
+        need anyway (docs/distributed.md)."""
+        if self.rt.world_size == 1 or self.rt.zero_stage != 3:
+            return False
+        from mhpo_vl.models.policy import is_vision_config
+
+        if not is_vision_config(getattr(self.rt.unwrapped(), "config", None)):
+            return False
+        has_images = batch.model_inputs.get("pixel_values") is not None
+        return not self.rt.all_agree(not has_images) and not has_images
 
 
 @torch.no_grad()

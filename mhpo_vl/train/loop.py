@@ -102,7 +102,7 @@ class Trainer:
                                                   shuffle=cfg.data.shuffle),
                                 nonfinite=NonfiniteUpdates(t.max_consecutive_nonfinite))
         self.logprobs = PolicyLogprobs(self.rt, self.policy.tokenizer, chunk_size=t.logprob_chunk_size,
-                                       temperature=cfg.rollout.temperature)
+                                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
         self.policy_update = PolicyUpdate(cfg, self.rt, self.logprobs, self.loss_fn,
                                           local_minibatch_rows(cfg, self.rt.world_size))
         self._val_prompts: list[EncodedPrompt] | None = None

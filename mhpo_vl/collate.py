@@ -15,7 +15,8 @@ and image tokens do not match") or through the question, so we stop and name the
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mhpo_vl.images import DataError, check_image_header, describe_image, open_image
 from mhpo_vl.prompts import PromptTemplate

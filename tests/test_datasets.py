@@ -213,7 +213,7 @@ def test_bad_rows_name_file_row_field(tmp_path, fixtures_dir):
     result = load_dataset(str(mapping), skip_bad=True)
     assert [s.question for s in result] == ["ok"]
     assert [(r.row, r.field) for r in result.skipped] == [(row, field) for row, field, _ in expected]
-    for skipped, (row, field, reason) in zip(result.skipped, expected):
+    for skipped, (_row, _field, reason) in zip(result.skipped, expected):
         assert reason in skipped.reason and skipped.file == data
     for row, field, reason in expected:  # without skip_bad, each bad row alone stops the load with its location
         _write_rows(tmp_path, [rows[0], rows[row - 1]])

@@ -7,7 +7,8 @@ with ``logprobs_mode="processed_logprobs"``: with top_p < 1, renormalised over t
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ class HFSampler:
     reproducible for the same prompts and batch size."""
 
     def __init__(self, model: torch.nn.Module, processor_or_tokenizer: Any, *, max_rows_per_call: int = 64):
-        self.model = model
+        self.model: Any = model  # a transformers model: its .config and .generate are unknown to torch's Module type
         self.processor = processor_or_tokenizer
         self.tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
         self.banned_token_ids = vision_token_ids(self.tokenizer)

@@ -96,7 +96,15 @@ def test_the_easyr1_today_command_loads(tmp_path):
     assert cfg.algorithm.loss_params == {"eps_low": 0.2, "eps_high": 0.3, "dual_clip": True}
 
 
-@pytest.mark.parametrize("key", ["model.freeze_vision_tower", "rollout.top_p", "rollout.val_temperature"])
-def test_the_rows_that_ask_for_a_change_name_their_evidence(key):
-    rows = [r for t in tables(DOC.read_text(encoding="utf-8")) for r in t if key in our_keys(r.get("ours", ""))]
-    assert rows and any("**change" in r["same? decision and evidence"] for r in rows), key
+def test_every_differing_default_says_what_was_decided_and_why():
+    """A row whose default differs says keep / changed, and gives its evidence after a colon; the defaults changed
+    on 5 Dec 2026 (top_p, validation sampling) are recorded as changed."""
+    rows = [r for t in tables(DOC.read_text(encoding="utf-8")) for r in t if "same? decision and evidence" in r]
+    differing = [r for r in rows if r["same? decision and evidence"].startswith("differs")]
+    assert len(differing) >= 10
+    for r in differing:
+        decision = r["same? decision and evidence"]
+        assert re.match(r"differs, (keep|changed)[^:]*: \S.{4,}", decision), decision  # a decision, then its reason
+    changed = {k for r in rows if "changed 5 Dec 2026" in r["same? decision and evidence"]
+               or "same since 5 Dec 2026" in r["same? decision and evidence"] for k in our_keys(r.get("ours", ""))}
+    assert {"rollout.top_p", "rollout.val_temperature", "rollout.val_top_p"} <= changed

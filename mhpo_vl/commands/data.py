@@ -52,9 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mhpo_vl.images import DataError
-
     from mhpo_vl.datasets.base import import_plugins
+    from mhpo_vl.images import DataError
 
     try:
         import_plugins(args.plugins)

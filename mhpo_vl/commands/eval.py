@@ -23,9 +23,14 @@ import yaml
 
 from mhpo_vl.config import ConfigError
 from mhpo_vl.evaluation.config import DEFAULT_MAX_PROMPT_LENGTH, EvalConfig
-from mhpo_vl.evaluation.suites import (DEFAULT_MAX_TOKENS, DEFAULT_N, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
-                                       parse_suites)
-
+from mhpo_vl.evaluation.suites import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_N,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    parse_suites,
+)
 
 # ------------------------------------------------------------------------------------------------ arguments --
 

@@ -206,7 +206,7 @@ def _score_all(args: argparse.Namespace, path: Path, reference: dict | None, out
     from mhpo_vl.grading.pool import HardTimeoutPool
 
     def tasks():
-        for number, row, error in _complete_rows(args, path, reference):
+        for _number, row, error in _complete_rows(args, path, reference):
             if row is not _BLANK and error is None:
                 response = row.get(args.response_field)
                 yield row, (args.benchmark, args.mode, {k: v for k, v in row.items() if k != args.response_field},

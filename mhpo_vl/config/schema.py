@@ -173,7 +173,8 @@ class RolloutConfig:
     backend: str = "vllm"  # "vllm" | "hf" (HF generate: slow; for debugging and logprob comparisons)
     n: int = positive(5, ">= 1")  # K samples per prompt (EasyR1)
     temperature: float = positive(1.0, "> 0 (RL sampling is stochastic)")
-    top_p: float = unit_interval(0.99)  # EasyR1
+    # EasyR1 since Jul 2025 and TRL (0.99 before); below 1 the trainer applies the same nucleus (docs/training.md)
+    top_p: float = unit_interval(1.0)
     max_tokens: int = positive(2048, ">= 1")  # max response length (paper Sec. 4.1: 2048 for Qwen2.5 models)
     gpu_memory_utilization: float = unit_interval(0.6)
     enable_sleep_mode: bool = True  # GPU only: free vLLM's memory while the trainer works
@@ -185,8 +186,10 @@ class RolloutConfig:
     # on a GPU (issue 25), hence 1 by default; scripts/gpu_check.py's rollout/logprob_diff_max shows a broken sync.
     sleep_level: int = _ranged(1, lambda v: v in (1, 2), "1 or 2")
     max_model_len: int | None = positive(None, "> 0 (or null: max_prompt_length + max_tokens)")
-    val_temperature: float = positive(0.5)  # EasyR1 val_override_config
-    val_top_p: float = unit_interval(1.0)
+    # Validation picks the best checkpoint, so it samples as the evaluation protocol does (eval/paper_vl.yaml:
+    # temperature 1.0, top_p 0.7, DAPO's Avg@32 protocol; the paper states none). EasyR1: 0.6 / 0.95 (0.5 / 1.0 before).
+    val_temperature: float = positive(1.0)
+    val_top_p: float = unit_interval(0.7)
     val_n: int = positive(1, ">= 1")  # Avg@k during validation
     use_sampler_logprobs: bool = False  # True: old logprobs = vLLM's instead of a trainer recompute
 
@@ -219,7 +222,8 @@ class RewardConfig:
 
 @dataclass
 class AlgorithmConfig:
-    loss: str = "mhpo"  # grpo | dapo | gspo | sapo | mhpo (checked by the loss table: mhpo_vl.config.names)
+    # grpo | dapo | gspo | sapo | mhpo | mhpo_lfm | mhpo_sym (the loss table checks it: mhpo_vl.config.names)
+    loss: str = "mhpo"
     loss_params: dict[str, Any] = field(default_factory=dict)  # e.g. {c: 1.5} or {eps_high: 0.28}
     aggregation: str | None = None  # None = the loss's paper default
     adv_std_normalize: bool = True  # False = Dr. GRPO

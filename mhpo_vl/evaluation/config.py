@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from mhpo_vl.evaluation.suites import (
-    DEFAULT_MAX_TOKENS, DEFAULT_N, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_N,
+    DEFAULT_SEED,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
 )
 
 DEFAULT_MAX_PROMPT_LENGTH = 8192  # MathVista/MathVerse: question + up to ~5.4k image tokens at max_pixels 4194304

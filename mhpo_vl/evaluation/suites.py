@@ -22,8 +22,9 @@ text-math sets have none, so they use the prompt the models are trained with her
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 DEFAULT_N = 32
 DEFAULT_TEMPERATURE = 1.0

@@ -63,6 +63,19 @@ def test_the_7b_recipe_on_one_80gb_gpu_does_not_fit():
     assert result.rollout_gib > 150
 
 
+def test_the_7b_lora_recipe_fits_one_80gb_gpu_with_only_the_adapter_trained():
+    cfg = load_config(str(REPO / "configs" / "geo3k_qwen2_5_vl_7b_mhpo_lora.yaml"), [])
+    result = plan_for_config(cfg, 1, 79.2)
+    print("\n".join(result.lines()))
+    # rank 64 x (fan-in + fan-out) of q, k, v, o, gate, up, down in each of the 28 layers (hidden 3584, 28 heads of 128,
+    # 4 KV heads, FFN 18944): 64 x ((3584+3584) + 2 (3584+512) + (3584+3584) + 2 (3584+18944) + (18944+3584)) x 28
+    adapter = 64 * ((3584 + 3584) + 2 * (3584 + 512) + (3584 + 3584) + 2 * (3584 + 18944) + (18944 + 3584)) * 28
+    assert adapter == 161_480_704
+    assert result.rows["Adam moments (fp32 m, v)"] == pytest.approx(8 * adapter / 2**30)
+    assert result.rows["policy weights"] == pytest.approx(2 * KNOWN_MODELS[cfg.model.name_or_path].params / 2**30)
+    assert result.fits and result.peak_gib < 79.2
+
+
 def test_zero_stages_divide_as_stated():
     shape = KNOWN_MODELS["Qwen/Qwen2.5-Math-7B-Instruct"]
     base = dict(gpus=8, gpu_gib=79.2, dtype="bfloat16", freeze_vision=False, gradient_checkpointing=True,

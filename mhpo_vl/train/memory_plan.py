@@ -178,6 +178,7 @@ class Inputs:
     sleep: bool
     max_model_len: int
     bucket_elements: float = 0.0  # DeepSpeed's reduce + allgather (or prefetch) bucket sizes, elements
+    lora_rank: int | None = None  # model.lora.rank: only the adapters train (the default LM projections)
 
 
 @dataclass
@@ -203,7 +204,7 @@ class Plan:
     def lines(self) -> list[str]:
         i, s = self.inputs, self.shape
         out = [f"model {s.name}: {s.params / 1e9:.2f} B parameters ({s.language_params / 1e9:.2f} B language, "
-               f"{s.vision_params / 1e9:.2f} B vision), trainable {trainable_params(s, i.freeze_vision) / 1e9:.2f} B",
+               f"{s.vision_params / 1e9:.2f} B vision), trainable {trainable_params(s, i.freeze_vision, i.lora_rank) / 1e9:.2f} B",
                f"{i.gpus} GPU(s) x {i.gpu_gib:g} GiB, {'ZeRO-' + str(i.zero_stage) if i.zero_stage else 'plain torch'}, "
                f"{i.dtype}, micro-batch {i.micro_batch_tokens} tokens, gradient checkpointing "
                f"{'on' if i.gradient_checkpointing else 'off'}, gpu_memory_utilization {i.gpu_memory_utilization:g}, "
@@ -221,14 +222,20 @@ class Plan:
         return out
 
 
-def trainable_params(shape: ModelShape, freeze_vision: bool) -> int:
-    return shape.language_params if freeze_vision else shape.params
+def trainable_params(shape: ModelShape, freeze_vision: bool, lora_rank: int | None = None) -> int:
+    """Full fine-tuning: the language model (and the vision tower unless frozen). LoRA (mhpo_vl.models.lora's default
+    targets, every LM layer's q/k/v/o and gate/up/down projections): rank x (fan-in + fan-out) per projection."""
+    if lora_rank is None:
+        return shape.language_params if freeze_vision else shape.params
+    h, q, kv, ffn = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + ffn) + (ffn + h)
+    return lora_rank * per_layer * shape.layers
 
 
 def plan(shape: ModelShape, i: Inputs) -> Plan:
     n, stage = i.gpus, i.zero_stage
     wbytes = 4 if i.dtype == "float32" else 2
-    p, t = shape.params, trainable_params(shape, i.freeze_vision)
+    p, t = shape.params, trainable_params(shape, i.freeze_vision, i.lora_rank)
     g = GIB
     rows: dict[str, float] = {}
     rows["policy weights"] = wbytes * p / (n if stage == 3 else 1) / g
@@ -312,7 +319,8 @@ def inputs_from_config(cfg: Any, shape: ModelShape, gpus: int, gpu_gib: float) -
                   logprob_chunk=t.logprob_chunk_size, kl=cfg.algorithm.kl_coef > 0,
                   gpu_memory_utilization=r.gpu_memory_utilization,
                   sleep=r.enable_sleep_mode and r.backend == "vllm",
-                  max_model_len=r.max_model_len or cfg.data.max_prompt_length + r.max_tokens, bucket_elements=buckets)
+                  max_model_len=r.max_model_len or cfg.data.max_prompt_length + r.max_tokens, bucket_elements=buckets,
+                  lora_rank=cfg.model.lora.rank if cfg.model.lora is not None else None)
 
 
 def plan_for_config(cfg: Any, gpus: int, gpu_gib: float) -> Plan | None:

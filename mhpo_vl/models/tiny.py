@@ -1,7 +1,8 @@
 """Tiny random-weight models of the real architectures, built offline for tests and CPU demos.
 
 ``build_tiny_vl_model`` writes a Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``),
-``build_tiny_text_model`` a Qwen2 causal LM. The tokenizer is chosen by the ``vocab`` option:
+``build_tiny_text_model`` a Qwen2 causal LM, ``build_tiny_qwen3_vl_model`` a Qwen3-VL (same sizes and vocabularies;
+what it reproduces of Qwen3-VL-8B-Instruct: the section "Qwen3-VL" at the end of this file). The tokenizer is chosen by the ``vocab`` option:
 - ``"qwen"`` (default): the real Qwen2.5-VL tokenizer (151,665 entries, see mhpo_vl.models.qwen_tokenizer), embedding rows
   151,936 as in Qwen2.5-VL-3B. Real token counts, real chat-template tokens, spare embedding rows like the real model.
 - ``"small"``: a ~2k-token Qwen2-style byte-level BPE trained here on a corpus generated in code (math, geometry,
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mhpo_vl.models.build_cache import build_once
+from mhpo_vl.models.qwen3_chat import QWEN3_EXTRA_ADDED_TOKENS, QWEN3_VL_CHAT_TEMPLATE
 from mhpo_vl.models.qwen_chat import (
     QWEN_PRETOKENIZE_REGEX,
     QWEN_SPECIAL_TOKENS,
@@ -30,8 +32,8 @@ from mhpo_vl.models.qwen_chat import (
 )
 
 __all__ = ["QWEN_PRETOKENIZE_REGEX", "QWEN_SPECIAL_TOKENS", "QWEN_THINK_TOKENS", "QWEN_VL_CHAT_TEMPLATE", "TinySizes",
-           "build_once", "build_tiny_text_model", "build_tiny_vl_model", "builder_version", "cached_tiny_model",
-           "save_vl_processor", "vl_processor"]
+           "build_once", "build_tiny_qwen3_vl_model", "build_tiny_text_model", "build_tiny_vl_model", "builder_version",
+           "cached_tiny_model", "qwen3_vl_processor", "save_vl_processor", "vl_processor"]
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2
@@ -345,18 +347,134 @@ def build_tiny_text_model(out_dir: str | Path, seed: int = 0, **size_overrides: 
     return out_dir
 
 
+# ---------------------------------------------------------------- Qwen3-VL
+
+# A tiny random-weight Qwen3-VL (``Qwen3VLForConditionalGeneration`` + ``Qwen3VLProcessor``).
+#
+# What is reproduced from Qwen/Qwen3-VL-8B-Instruct (its config.json, preprocessor_config.json, chat_template.json):
+# - the architecture class and config layout (``model_type: qwen3_vl``: a Qwen3 text model with q/k RMSNorm and an
+#   explicit ``head_dim``, interleaved M-RoPE whose sections keep the 24:20:20 (t:h:w) proportions of [24, 20, 20],
+#   a ViT with learned position embeddings (``num_position_embeddings`` 2304, a 48x48 grid interpolated per image),
+#   patch 16, spatial merge 2, temporal patch 2, and DeepStack mergers feeding visual features into the first LM
+#   layers; ``tie_word_embeddings`` false as in the 8B), the special-token ids and generation eos/pad ids;
+# - the tokenizer (``vocab="qwen"``): Qwen2.5-VL's (rebuilt offline from the BPE ranks, mhpo_vl.models.qwen_tokenizer)
+#   plus Qwen3's four added tokens (151,669 entries), 151,936 embedding rows as in the 8B;
+# - the chat template, byte for byte (mhpo_vl.models.qwen3_chat): no default system prompt;
+# - the image processor's patch 16 / merge 2 and mean = std = 0.5 normalisation (Qwen2.5-VL uses CLIP's).
+# Not reproduced: the weights (random), the sizes (tiny; ``TinySizes``), the pixel limits (4..16 visual tokens per
+# image, like the Qwen2.5-VL tiny model, where the 8B allows up to 16,384), rope_theta (TinySizes' 1e6 vs 5e6) and
+# ``max_position_embeddings`` (4,096 vs 262,144). Whether the hub template has changed since is not checkable offline.
+# ``vocab="small"`` gives the small BPE (mhpo_vl.models.tiny) with this chat template instead.
+
+QWEN3_VL_PATCH_SIZE = 16
+QWEN3_VL_MIN_PIXELS = (QWEN3_VL_PATCH_SIZE * MERGE_SIZE) ** 2 * 4
+QWEN3_VL_MAX_PIXELS = (QWEN3_VL_PATCH_SIZE * MERGE_SIZE) ** 2 * 16
+QWEN3_VL_NUM_POSITION_EMBEDDINGS = 2304  # 48 x 48, as in Qwen3-VL-8B
+QWEN3_VL_IMAGE_MEAN_STD = [0.5, 0.5, 0.5]
+
+
+def qwen3_mrope_section(head_dim: int) -> list[int]:
+    """Qwen3-VL's [24, 20, 20] for head_dim 128, scaled: h and w get 20/64 of head_dim/2 each, t the rest."""
+    half = head_dim // 2
+    hw = half * 20 // 64
+    return [half - 2 * hw, hw, hw]
+
+
+def qwen3_tokenizer(sizes: TinySizes):
+    """The tokenizer ``sizes.vocab`` names with Qwen3-VL's added tokens and chat template, and the embedding rows."""
+    from transformers import AddedToken
+
+    tokenizer, rows = build_tokenizer(sizes)
+    if sizes.vocab == "qwen":
+        # Qwen3 appends these after Qwen2.5's 22 added tokens (the small BPE already holds <think>/</think>).
+        tokenizer.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN3_EXTRA_ADDED_TOKENS])
+    else:
+        rows = len(tokenizer)
+    tokenizer.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    return tokenizer, rows
+
+
+def qwen3_vl_processor(tokenizer, *, min_pixels: int, max_pixels: int):
+    """A Qwen3-VL processor: image/video processors (patch 16, merge 2, mean = std = 0.5) with these pixel limits."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    pixel_kwargs: dict[str, Any] = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=QWEN3_VL_PATCH_SIZE,
+                                        temporal_patch_size=TEMPORAL_PATCH_SIZE, merge_size=MERGE_SIZE,
+                                        image_mean=QWEN3_VL_IMAGE_MEAN_STD, image_std=QWEN3_VL_IMAGE_MEAN_STD)
+    return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**pixel_kwargs), tokenizer=tokenizer,
+                            video_processor=Qwen3VLVideoProcessor(**pixel_kwargs), chat_template=QWEN3_VL_CHAT_TEMPLATE)
+
+
+def build_tiny_qwen3_vl_model(out_dir: str | Path, seed: int = 0, **size_overrides: Any) -> Path:
+    """Write a random-weight Qwen3-VL (model, tokenizer, image/video processor, chat template) to ``out_dir``."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    sizes = _sizes(size_overrides)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer, vocab_rows = qwen3_tokenizer(sizes)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    mrope = qwen3_mrope_section(sizes.head_dim)
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=vocab_rows,
+            hidden_size=sizes.hidden_size,
+            intermediate_size=sizes.intermediate_size,
+            num_hidden_layers=sizes.num_hidden_layers,
+            num_attention_heads=sizes.num_attention_heads,
+            num_key_value_heads=sizes.num_key_value_heads,
+            head_dim=sizes.head_dim,
+            max_position_embeddings=sizes.max_position_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": sizes.rope_theta, "mrope_section": mrope,
+                             "mrope_interleaved": True},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=sizes.vision_depth,
+            hidden_size=sizes.vision_hidden_size,
+            intermediate_size=sizes.vision_intermediate_size,
+            num_heads=sizes.vision_num_heads,
+            out_hidden_size=sizes.hidden_size,
+            patch_size=QWEN3_VL_PATCH_SIZE,
+            spatial_merge_size=MERGE_SIZE,
+            temporal_patch_size=TEMPORAL_PATCH_SIZE,
+            num_position_embeddings=QWEN3_VL_NUM_POSITION_EMBEDDINGS,
+            # The 8B feeds 3 of its 27 ViT layers' features to LM layers 0-2; here the first ViT layer's to layer 0.
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    model = _seeded_init(Qwen3VLForConditionalGeneration, config, seed)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out_dir)
+    qwen3_vl_processor(tokenizer, min_pixels=QWEN3_VL_MIN_PIXELS, max_pixels=QWEN3_VL_MAX_PIXELS).save_pretrained(out_dir)
+    record = {"kind": "qwen3_vl", "seed": seed, "sizes": asdict(sizes), "head_dim": sizes.head_dim,
+              "mrope_section": mrope, "image_processor": {"min_pixels": QWEN3_VL_MIN_PIXELS,
+                                                          "max_pixels": QWEN3_VL_MAX_PIXELS,
+                                                          "patch_size": QWEN3_VL_PATCH_SIZE}}
+    (out_dir / "tiny_model.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
 def builder_version() -> str:
     """A hash of this file and the Qwen tokenizer builder: a changed builder never reuses models cached by an older one."""
     import hashlib
 
     here = Path(__file__).parent
-    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tiny.py", "qwen_chat.py", "build_cache.py", "qwen_tokenizer.py", "qwen_shapes.py"))).hexdigest()[:16]
+    files = ("tiny.py", "qwen_chat.py", "build_cache.py", "qwen_tokenizer.py", "qwen_shapes.py", "qwen3_chat.py")
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()[:16]
 
 
 def cached_tiny_model(kind: str, cache_root: str | Path, **size_overrides: Any) -> Path:
-    """The folder of a tiny model ("vl" or "text") with these sizes, built once under
-    ``<cache_root>/<builder_version()>/`` (see build_once; concurrent builds are byte-identical)."""
-    builders = {"vl": build_tiny_vl_model, "text": build_tiny_text_model}
+    """The folder of a tiny model ("vl": Qwen2.5-VL, "text": Qwen2, "qwen3_vl": Qwen3-VL) with these sizes, built
+    once under ``<cache_root>/<builder_version()>/`` (see build_once; concurrent builds are byte-identical)."""
+    builders = {"vl": build_tiny_vl_model, "text": build_tiny_text_model, "qwen3_vl": build_tiny_qwen3_vl_model}
     if kind not in builders:
         raise ValueError(f"tiny model kind must be one of {sorted(builders)}, got {kind!r}")
     tag = "_".join(f"{k}{v}" for k, v in sorted(size_overrides.items())) or "default"

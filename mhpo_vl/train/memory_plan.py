@@ -55,6 +55,9 @@ class ModelShape:
     qkv_bias: bool = True  # Qwen2 / Qwen2.5: biased q, k, v; Qwen3: none, but q_norm / k_norm
     qk_norm: bool = False
     vision: dict[str, int] = field(default_factory=dict)  # Qwen2.5-VL vision_config; empty: a text model
+    # Qwen3-VL's tower (plain MLP, LayerNorms, a biased patch embedding, a learned position table, DeepStack mergers:
+    # `vision` also holds num_position_embeddings and deepstack_layers) instead of Qwen2.5-VL's
+    qwen3_vision: bool = False
 
     @property
     def language_params(self) -> int:
@@ -72,6 +75,13 @@ class ModelShape:
         if not v:
             return 0
         d, i, out = v["hidden_size"], v["intermediate_size"], v["out_hidden_size"]
+        if self.qwen3_vision:
+            block = (d * 3 * d + 3 * d) + (d * d + d) + (d * i + i) + (i * d + d) + 4 * d  # qkv, proj, fc1, fc2, 2 LN
+            patch = v.get("in_channels", 3) * v.get("temporal_patch_size", 2) * v["patch_size"] ** 2 * d + d
+            merged = d * v.get("spatial_merge_size", 2) ** 2
+            mlp = (merged * merged + merged) + (merged * out + out)
+            return (v["depth"] * block + patch + v["num_position_embeddings"] * d + 2 * d + mlp
+                    + v.get("deepstack_layers", 0) * (2 * merged + mlp))
         block = (d * 3 * d + 3 * d) + (d * d + d) + 2 * (d * i + i) + (i * d + d) + 2 * d  # qkv, proj, gate/up, down, 2 norms
         patch = v.get("in_channels", 3) * v.get("temporal_patch_size", 2) * v["patch_size"] ** 2 * d
         merged = d * v.get("spatial_merge_size", 2) ** 2
@@ -100,9 +110,11 @@ def shape_from_config(name: str, cfg: dict[str, Any]) -> ModelShape:
                       head_dim=int(text.get("head_dim") or hidden // heads),
                       intermediate=int(text["intermediate_size"]), vocab=int(text["vocab_size"]),
                       tied=bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
-                      qkv_bias=not is_qwen3, qk_norm=is_qwen3,
+                      qkv_bias=not is_qwen3, qk_norm=is_qwen3, qwen3_vision=is_qwen3 and bool(cfg.get("vision_config")),
                       vision={k: int(v) for k, v in (cfg.get("vision_config") or {}).items()
-                              if isinstance(v, int) and not isinstance(v, bool)})
+                              if isinstance(v, int) and not isinstance(v, bool)}
+                      | ({"deepstack_layers": len((cfg.get("vision_config") or {}).get("deepstack_visual_indexes") or [])}
+                         if cfg.get("vision_config") else {}))
 
 
 _QWEN25_VL_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "patch_size": 14,
@@ -110,7 +122,9 @@ _QWEN25_VL_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420
 # The shipped configs' models, from their public config.json on the Hugging Face Hub (Qwen/<name>/config.json), for
 # planning offline without a download. Parameter counts as the Hub's safetensors metadata states them (model pages,
 # "Model size"), which tests/test_memory_plan.py checks the arithmetic against: Qwen2.5-VL-7B-Instruct 8.29B,
-# Qwen2.5-VL-3B-Instruct 3.75B, Qwen2.5-Math-7B-Instruct 7.62B, Qwen3-4B-Base 4.02B.
+# Qwen2.5-VL-3B-Instruct 3.75B, Qwen2.5-Math-7B-Instruct 7.62B, Qwen3-4B-Base 4.02B, Qwen3-VL-8B-Instruct 8.77B
+# (8,767,123,696 as transformers 5.19 builds Qwen3VLForConditionalGeneration from that config on the meta device;
+# the Hub figure itself was not checkable offline).
 KNOWN_MODELS: dict[str, ModelShape] = {
     "Qwen/Qwen2.5-VL-7B-Instruct": ModelShape("Qwen/Qwen2.5-VL-7B-Instruct", 3584, 28, 28, 4, 128, 18944, 152064,
                                               tied=False, vision={**_QWEN25_VL_VISION, "out_hidden_size": 3584}),
@@ -120,9 +134,16 @@ KNOWN_MODELS: dict[str, ModelShape] = {
                                                 tied=False),
     "Qwen/Qwen3-4B-Base": ModelShape("Qwen/Qwen3-4B-Base", 2560, 36, 32, 8, 128, 9728, 151936, tied=True,
                                      qkv_bias=False, qk_norm=True),
+    "Qwen/Qwen3-VL-8B-Instruct": ModelShape("Qwen/Qwen3-VL-8B-Instruct", 4096, 36, 32, 8, 128, 12288, 151936,
+                                            tied=False, qkv_bias=False, qk_norm=True, qwen3_vision=True,
+                                            vision={"depth": 27, "hidden_size": 1152, "intermediate_size": 4304,
+                                                    "patch_size": 16, "temporal_patch_size": 2, "in_channels": 3,
+                                                    "spatial_merge_size": 2, "out_hidden_size": 4096,
+                                                    "num_position_embeddings": 2304, "deepstack_layers": 3}),
 }
 PUBLISHED_PARAMS_B = {"Qwen/Qwen2.5-VL-7B-Instruct": 8.29, "Qwen/Qwen2.5-VL-3B-Instruct": 3.75,
-                      "Qwen/Qwen2.5-Math-7B-Instruct": 7.62, "Qwen/Qwen3-4B-Base": 4.02}
+                      "Qwen/Qwen2.5-Math-7B-Instruct": 7.62, "Qwen/Qwen3-4B-Base": 4.02,
+                      "Qwen/Qwen3-VL-8B-Instruct": 8.77}
 
 
 def find_model_shape(name_or_path: str) -> ModelShape | None:

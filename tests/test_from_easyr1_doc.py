@@ -9,7 +9,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from mhpo_vl.config import RunConfig, load_config

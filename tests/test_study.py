@@ -118,12 +118,28 @@ def test_settings_and_per_run_configs(base_config, tmp_path):
     assert again.runs() == runs and again.settings == plan.settings and again.user_overrides == plan.user_overrides
 
 
+def test_the_long_setting_is_near_on_policy_on_a_harder_task_for_4x_the_steps(base_config, tmp_path):
+    geo = tmp_path / "geo.yaml"
+    geo.write_text(BASE_YAML + "data:\n  train: {name: geosynth, split: train, options: {n: 64, seed: 0, difficulty: 0}}\n"
+                   "  val: {name: geosynth, split: val, options: {n: 16, seed: 1, difficulty: 0}}\n")
+    plan = make_plan(str(geo), "grpo", "2", "demo,long", tmp_path / "s", [])
+    long_cfg, demo_cfg = plan.run_config(plan.runs()[1]), plan.run_config(plan.runs()[0])
+    assert (long_cfg.data.train.options, long_cfg.data.val.options) == (
+        {"n": 64, "seed": 0, "difficulty": 1}, {"n": 16, "seed": 1, "difficulty": 1})
+    assert (long_cfg.rollout.max_tokens, long_cfg.trainer.val_every, long_cfg.trainer.total_steps) == (24, 10, 40)
+    # near on-policy: the demo's epochs, minibatches and learning rate
+    assert (long_cfg.trainer.ppo_epochs, long_cfg.trainer.minibatch_size, long_cfg.optim.lr) == (
+        demo_cfg.trainer.ppo_epochs, demo_cfg.trainer.minibatch_size, demo_cfg.optim.lr)
+    with pytest.raises(StudyError, match="long setting: data.train must be geosynth"):
+        make_plan(base_config, "grpo", "1", "long", tmp_path / "t", [])  # the defaults' geometry3k
+
+
 def test_plan_errors_name_what_is_wrong(base_config, tmp_path):
     with pytest.raises(StudyError, match="trainer.seed=5: the study sets"):
         make_plan(base_config, "mhpo", "1", "demo", tmp_path, ["trainer.seed=5"])
     with pytest.raises(StudyError, match="rollout_batch_size=6 must be a multiple of 4"):
         make_plan(base_config, "mhpo", "1", "stress", tmp_path, ["trainer.rollout_batch_size=6", "trainer.minibatch_size=2"])
-    with pytest.raises(StudyError, match="unknown setting.*huge; valid: demo, stress"):
+    with pytest.raises(StudyError, match="unknown setting.*huge; valid: demo, stress, long"):
         make_plan(base_config, "mhpo", "1", "demo,huge", tmp_path, [])
     with pytest.raises(StudyError, match="--seeds must be comma-separated integers"):
         make_plan(base_config, "mhpo", "1,x", "demo", tmp_path, [])

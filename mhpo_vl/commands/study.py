@@ -7,7 +7,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mhpo_vl.study.plan import DEFAULT_LOSSES, SETTINGS
+    from mhpo_vl.study.plan import DEFAULT_LOSSES, DEFAULT_SETTINGS, SETTINGS
 
     parser.add_argument("--config", help="base experiment YAML (the 'demo' setting runs it as is); required unless "
                                           "--summarize-only")
@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma list of losses; NAME_xS scales NAME's policy term by S, NAME_xmhpo by MHPO's "
                              f"on-policy factor exp(-zeta(0)) ~ 0.265 (default: {DEFAULT_LOSSES})")
     parser.add_argument("--seeds", default="1,2,3", help="comma list of seeds (trainer.seed and data.seed; default 1,2,3)")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list from {', '.join(SETTINGS)}")
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS,
+                        help=f"comma list from {', '.join(SETTINGS)} (default {DEFAULT_SETTINGS})")
     parser.add_argument("--summarize-only", action="store_true",
                         help="train nothing: rebuild summary.md, summary.json and figures from the runs on disk")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, as key.path=value")

@@ -150,7 +150,7 @@ def test_vl_model_loads_in_vllm_and_generates_from_an_image_prompt(tiny_vl_model
 
     from mhpo_vl.rollout.vllm_sampler import make_llm
 
-    llm = make_llm(tiny_vl_model_dir, max_model_len=512)
+    llm, _ = make_llm(tiny_vl_model_dir, max_model_len=512)
     text = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Find x.<|im_end|>\n<|im_start|>assistant\n"
     from vllm import SamplingParams
 

@@ -19,7 +19,8 @@ def test_rl_steps_freeze_vision_update_lm_and_write_run_files(tmp_path, warm_tin
     from mhpo_vl.train import build_trainer
 
     cfg = load_config(None, small_overrides(warm_tiny_vl_model_dir, tmp_path / "run", **{
-        "trainer.total_steps": "2", "optim.weight_decay": "0.0"}))
+        "trainer.total_steps": "2", "optim.weight_decay": "0.0", "trainer.num_threads": "2"}))
+    threads = torch.get_num_threads()
     trainer = build_trainer(cfg)
     model = trainer.rt.unwrapped()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -27,7 +28,10 @@ def test_rl_steps_freeze_vision_update_lm_and_write_run_files(tmp_path, warm_tin
     assert vision and all(not p.requires_grad for n, p in model.named_parameters() if n in vision)
     optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert optimised == {id(p) for n, p in model.named_parameters() if n not in vision}  # only the LM is optimised
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
     after = dict(model.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in vision), "a vision-tower parameter changed"
     unchanged = sorted(n for n in before if n not in vision and torch.equal(before[n], after[n]))
@@ -41,6 +45,9 @@ def test_rl_steps_freeze_vision_update_lm_and_write_run_files(tmp_path, warm_tin
                 "grad_norm", "loss/survival_weight_mean", "loss/grad_multiplier_mean", "loss/grad_multiplier_max",
                 "timing/rollout_s", "timing/update_s", "throughput/tokens_per_s", "val/accuracy"):
         assert key in step_rows[-1], key
+    # the update ran on trainer.num_threads after the engine started (vLLM's CPU worker makes set_num_threads a
+    # no-op for the process, its GPU worker sets 1 thread: rollout/process_state.py gives the process back)
+    assert [r["process/update_threads"] for r in step_rows] == [2.0, 2.0]
     assert 0 < step_rows[-1]["loss/survival_weight_mean"] <= 1
     assert step_rows[-1]["loss/grad_multiplier_max"] <= 1.7550000000000001  # exp(c^2/4) at c = 1.5
     for key in ("val_accuracy_initial", "val_accuracy_final", "val_accuracy_best", "steps", "wall_seconds"):

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mhpo_vl.rollout.process_state import ProcessState, torch_threads
 from mhpo_vl.rollout.sampling import SamplingConfig
 from mhpo_vl.types import Completion, EncodedPrompt
 
@@ -126,9 +127,11 @@ def make_llm(
     cpu_kv_cache_gib: float = 1.0,
     enforce_eager: bool | None = None,
     **extra_kwargs: Any,
-):
+) -> tuple[Any, int]:
     """Build an in-process ``vllm.LLM`` on this rank's device (see the module docstring and ``engine_kwargs``).
-    The trainer's current CUDA device is restored afterwards (vLLM's worker calls set_device_index)."""
+    Returns the engine and the torch thread count it left (1 on CUDA): run engine calls under ``torch_threads`` of
+    it. The process is the caller's again afterwards: torch's threads (and ``torch.set_num_threads`` itself), the
+    global RNG states and the current CUDA device are restored (``rollout/process_state.py``)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     on_cpu = _on_cpu()
     if on_cpu:
@@ -143,12 +146,12 @@ def make_llm(
                            enable_sleep_mode=enable_sleep_mode, sleep_preserve=sleep_preserve,
                            limit_mm_per_prompt=limit_mm_per_prompt, enforce_eager=enforce_eager)
     kwargs.update(extra_kwargs)
-    device_before = None if on_cpu else torch.cuda.current_device()
+    before = ProcessState.capture()
     try:
-        return LLM(**kwargs)
+        llm = LLM(**kwargs)
+        return llm, torch.get_num_threads()
     finally:
-        if device_before is not None:
-            torch.cuda.set_device(device_before)
+        before.restore()
 
 
 class VLLMSampler:
@@ -180,7 +183,7 @@ class VLLMSampler:
         # Whether the trainer (accelerate / DeepSpeed) made the default process group before the engine: then it is
         # the trainer's, and close() must leave it alone (vLLM joins it instead of creating its own).
         self._trainer_process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.llm = make_llm(
+        self.llm, self.engine_threads = make_llm(
             model_path,
             max_model_len=max_model_len,
             dtype=dtype,
@@ -246,7 +249,8 @@ class VLLMSampler:
                 )
         requests = [self._request(p) for p in prompts]
         params = [self._sampling_params(config, i) for i in range(len(prompts))]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        with torch_threads(self.engine_threads):
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
         results = []
         for i, (prompt, output) in enumerate(zip(prompts, outputs)):
             if list(output.prompt_token_ids) != list(prompt.prompt_token_ids):
@@ -302,13 +306,14 @@ class VLLMSampler:
                 sent += 1
                 yield name, tensor.detach()
 
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
-        if not sent:
-            raise ValueError("load_weights got no tensors")
-        # Cached prefixes, processed images and encoder outputs were computed with the old weights.
-        self.llm.reset_prefix_cache()
-        self.llm.reset_mm_cache()
-        self.llm.llm_engine.reset_encoder_cache()
+        with torch_threads(self.engine_threads):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+            if not sent:
+                raise ValueError("load_weights got no tensors")
+            # Cached prefixes, processed images and encoder outputs were computed with the old weights.
+            self.llm.reset_prefix_cache()
+            self.llm.reset_mm_cache()
+            self.llm.llm_engine.reset_encoder_cache()
         return sent
 
     def close(self) -> None:
@@ -346,12 +351,14 @@ class VLLMSampler:
         """Free the engine's GPU memory for the training phase (level 1: weights offloaded to host memory, KV cache
         dropped; level 2: weights discarded too, except the preserved ones; the next wake_up is followed by the sync)."""
         if self.sleep_enabled and not self._asleep:
-            self.llm.sleep(level=self.sleep_level)
+            with torch_threads(self.engine_threads):
+                self.llm.sleep(level=self.sleep_level)
             self._asleep = True
 
     def wake_up(self) -> None:
         if self._asleep:
-            self.llm.wake_up()
+            with torch_threads(self.engine_threads):
+                self.llm.wake_up()
             self._asleep = False
 
 

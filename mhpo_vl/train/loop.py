@@ -155,12 +155,14 @@ class Trainer:
             self.sampler.sleep()
             old = self.compute_old_logprobs(batch.rollouts)
         with timer("update"):
+            update_threads = torch.get_num_threads()  # trainer.num_threads: the engine's start must not change it
             stats = self.update(batch, old)
         with timer("weight_sync"):
             self.sampler.wake_up()  # weights go into an awake engine (sleep mode offloads them on GPU)
             self.sync_weights()
         self.state.step += 1
-        return self.step_metrics(batch, old, {**group_metrics, **stats.metrics, **self.reward_component_metrics()},
+        return self.step_metrics(batch, old, {**group_metrics, **stats.metrics, **self.reward_component_metrics(),
+                                              "process/update_threads": float(update_threads)},
                                  timer, time.perf_counter() - start)
 
     def next_prompts(self) -> list[Sample]:

@@ -291,7 +291,8 @@ def test_spike_rule():
     assert spike_steps(list(range(1, 22)), jump + [3.5], floor=0.3) == [11, 12, 13, 14, 15, 21]
 
 
-def write_run(run_dir: Path, plan: Plan, run, norms, rewards, entropy, accuracies=None, diverged=False, cpu=None):
+def write_run(run_dir: Path, plan: Plan, run, norms, rewards, entropy, accuracies=None, diverged=False, cpu=None,
+              history=None):
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(plan.run_config(run), run_dir / "config.yaml")
     rows = [{"step": 0, "val/accuracy": 0.0, "val/tag": "before_warmstart"},
@@ -307,7 +308,8 @@ def write_run(run_dir: Path, plan: Plan, run, norms, rewards, entropy, accuracie
     if accuracies:
         start, final, best = accuracies
         summary = {"val_accuracy_initial": start, "val_accuracy_final": final, "val_accuracy_best": best,
-                   "wall_seconds": 12.0, **({"machine": {"cpu": cpu}} if cpu else {})}
+                   "wall_seconds": 12.0, **({"machine": {"cpu": cpu}} if cpu else {}),
+                   **({"val_history": history} if history else {})}
         (run_dir / "summary.json").write_text(json.dumps(summary))
     if diverged:
         (run_dir / "diverged.json").write_text("{}")
@@ -322,8 +324,14 @@ def test_summary_of_hand_made_runs(base_config, tmp_path):
     def put(name, norms, rewards, entropy, **kw):
         write_run(runs[name].dir, plan, runs[name], norms, rewards, entropy, **kw)
 
-    put("demo/mhpo/seed1", [0.5] * 8, step, 1.0, accuracies=(0.30, 0.50, 0.60), cpu="AMD EPYC")
-    put("demo/mhpo/seed2", [0.5] * 7 + [0.9], [r + 0.1 for r in step], 0.8, accuracies=(0.40, 0.70, 0.70))
+    # val_history: the last 20% of steps is step >= 8 of 10; the tagged (before warm-start) record is not RL's
+    put("demo/mhpo/seed1", [0.5] * 8, step, 1.0, accuracies=(0.30, 0.50, 0.60), cpu="AMD EPYC", history=[
+        {"step": 0, "accuracy": 0.0, "tag": "before_warmstart"}, {"step": 0, "accuracy": 0.30},
+        {"step": 4, "accuracy": 0.55}, {"step": 8, "accuracy": 0.60}, {"step": 9, "accuracy": 0.45},
+        {"step": 10, "accuracy": 0.50}])
+    put("demo/mhpo/seed2", [0.5] * 7 + [0.9], [r + 0.1 for r in step], 0.8, accuracies=(0.40, 0.70, 0.70), history=[
+        {"step": 0, "accuracy": 0.40}, {"step": 5, "accuracy": 0.65}, {"step": 7, "accuracy": 0.20},
+        {"step": 10, "accuracy": 0.70}])
     put("demo/mhpo/seed3", [100.0] * 8, step, 9.0)  # partial (a checkpoint, no summary): left out of every number
     (runs["demo/mhpo/seed3"].dir / "checkpoints").mkdir()
     (runs["demo/mhpo/seed3"].dir / "checkpoints" / "index.json").write_text('{"latest": "step_000008"}')
@@ -338,6 +346,7 @@ def test_summary_of_hand_made_runs(base_config, tmp_path):
     s = mhpo["stats"]
     assert s["val_accuracy_final"] == pytest.approx({"n": 2, "mean": 0.6, "std": 0.1414214, "min": 0.5, "max": 0.7})
     assert s["drop"] == pytest.approx({"n": 2, "mean": 0.05, "std": 0.0707107, "min": 0.0, "max": 0.1})
+    assert s["late_min"] == pytest.approx({"n": 2, "mean": 0.575, "std": 0.1767767, "min": 0.45, "max": 0.70})
     assert s["val_accuracy_initial"]["mean"] == pytest.approx(0.35)
     assert s["final_reward"]["mean"] == pytest.approx(0.65)  # last 5 steps: 0.6 and 0.7
     assert s["final_entropy"]["mean"] == pytest.approx(0.9)
@@ -356,13 +365,13 @@ def test_summary_of_hand_made_runs(base_config, tmp_path):
 
     md = (tmp_path / "s" / "summary.md").read_text()
     assert "| mhpo | 2 (0) / 3 | 0.350 ± 0.071 (min 0.300) | 0.600 ± 0.141 (min 0.500) |" in md
-    assert "| 0.050 ± 0.071 (max 0.100) |" in md
+    assert "| 0.050 ± 0.071 (max 0.100) | 0.575 ± 0.177 (min 0.450) |" in md
     assert "| grpo | 1 (1) / 3 | 0.200 | 0.100 |" in md
     assert "above 3 x the median `grad_norm_max` of the run's previous 10 steps" in md
     assert "![demo](figures/demo.png)" in md
     # every run names its CPU (from summary.json's machine entry; "-" where an older summary lacks it)
-    assert "| demo | mhpo | 1 | done | 8 | 0.300 | 0.500 | 0.600 | 0.100 | 0.500 | - | 12 | AMD EPYC |" in md
-    assert "| demo | mhpo | 2 | done | 8 | 0.400 | 0.700 | 0.700 | 0.000 | 0.900 | - | 12 | - |" in md
+    assert "| demo | mhpo | 1 | done | 8 | 0.300 | 0.500 | 0.600 | 0.100 | 0.450 | 0.500 | - | 12 | AMD EPYC |" in md
+    assert "| demo | mhpo | 2 | done | 8 | 0.400 | 0.700 | 0.700 | 0.000 | 0.700 | 0.900 | - | 12 | - |" in md
     assert (tmp_path / "s" / "figures" / "demo.png").stat().st_size > 10_000
 
 

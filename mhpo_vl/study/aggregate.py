@@ -25,11 +25,15 @@ SPIKE_RULE = (f"an RL step whose largest pre-clipping gradient norm (`grad_norm_
               f"first {SPIKE_MIN_HISTORY} steps are never spikes; non-finite norms are counted as skipped updates, "
               "not spikes)")
 FINAL_WINDOW = 5
+LATE_SHARE = 0.2  # "min last 20%": the validations in the last fifth of the run's steps
 FINISHED = ("done", "diverged")
 DEFINITIONS = {
     "start / final / best": "held-out accuracy (Avg@k) at the start of RL, at its end, and the best validation of the "
                             "run (summary.json val_accuracy_initial / _final / _best)",
     "drop best->final": "best - final: the paper's Table 4 best -> latest degradation (printed there as final - best)",
+    "min last 20%": f"the lowest held-out accuracy of the run's validations at steps >= {1 - LATE_SHARE:g} x its last "
+                    "validation step (summary.json val_history): where the drop reads one checkpoint, this reads the "
+                    "whole end of the run",
     "max grad norm": "the largest gradient norm before clipping of any optimiser step of the run",
     "grad-norm spikes": SPIKE_RULE,
     "final entropy / final reward": f"mean response/entropy (nats/token) / reward/mean over the last {FINAL_WINDOW} RL "
@@ -41,7 +45,7 @@ DEFINITIONS = {
 # (record key, column title); the accuracy columns come from summary.json, hence only from finished runs.
 COLUMNS = [
     ("val_accuracy_initial", "start"), ("val_accuracy_final", "final"), ("val_accuracy_best", "best"),
-    ("drop", "drop best->final"), ("max_grad_norm", "max grad norm"), ("spikes", "grad-norm spikes"),
+    ("drop", "drop best->final"), ("late_min", "min last 20%"), ("max_grad_norm", "max grad norm"), ("spikes", "grad-norm spikes"),
     ("final_entropy", "final entropy"), ("final_reward", "final reward"), ("skipped_updates", "skipped updates"),
 ]
 
@@ -114,6 +118,10 @@ def _accuracies(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: no number for {', '.join(missing)} (was validation off?)")
     out: dict[str, Any] = {k: float(summary[k]) for k in keys}
     out["drop"] = out["val_accuracy_best"] - out["val_accuracy_final"]
+    history = [r for r in summary.get("val_history") or [] if not r.get("tag")]  # tagged: before the warm-start
+    if history:
+        last = max(r["step"] for r in history)
+        out["late_min"] = min(float(r["accuracy"]) for r in history if r["step"] >= (1 - LATE_SHARE) * last)
     out["wall_seconds"] = summary.get("wall_seconds")
     out["cpu"] = (summary.get("machine") or {}).get("cpu")  # summaries before 2 Dec 2026 do not name it
     return out

@@ -134,12 +134,25 @@ def test_the_long_setting_is_near_on_policy_on_a_harder_task_for_4x_the_steps(ba
         make_plan(base_config, "grpo", "1", "long", tmp_path / "t", [])  # the defaults' geometry3k
 
 
+def test_the_reuse_settings_take_n_optimiser_steps_per_batch_at_the_demo_lr(base_config, tmp_path):
+    plan = make_plan(base_config, "grpo", "1", "demo,reuse2,reuse4,reuse8,reuse16", tmp_path / "s", [])
+    demo, *reuse = [plan.run_config(run) for run in plan.runs()]
+    per_batch = [c.trainer.ppo_epochs * (c.trainer.rollout_batch_size // c.trainer.minibatch_size) for c in reuse]
+    assert per_batch == [2, 4, 8, 16]
+    assert demo.trainer.ppo_epochs * (demo.trainer.rollout_batch_size // demo.trainer.minibatch_size) == 2
+    for c in reuse:  # only the reuse changes: the demo's lr and data, half its RL steps, validation every 10
+        assert (c.optim.lr, c.data.train, c.rollout.max_tokens) == (demo.optim.lr, demo.data.train, demo.rollout.max_tokens)
+        assert (c.trainer.total_steps, c.trainer.val_every) == (round(demo.trainer.total_steps / 2), 10)
+    with pytest.raises(StudyError, match="reuse16 setting: trainer.rollout_batch_size=6 must be a multiple of 4"):
+        make_plan(base_config, "mhpo", "1", "reuse16", tmp_path, ["trainer.rollout_batch_size=6", "trainer.minibatch_size=2"])
+
+
 def test_plan_errors_name_what_is_wrong(base_config, tmp_path):
     with pytest.raises(StudyError, match="trainer.seed=5: the study sets"):
         make_plan(base_config, "mhpo", "1", "demo", tmp_path, ["trainer.seed=5"])
     with pytest.raises(StudyError, match="rollout_batch_size=6 must be a multiple of 4"):
         make_plan(base_config, "mhpo", "1", "stress", tmp_path, ["trainer.rollout_batch_size=6", "trainer.minibatch_size=2"])
-    with pytest.raises(StudyError, match="unknown setting.*huge; valid: demo, stress, long"):
+    with pytest.raises(StudyError, match="unknown setting.*huge; valid: demo, stress, long, reuse2, reuse4, reuse8, reuse16"):
         make_plan(base_config, "mhpo", "1", "demo,huge", tmp_path, [])
     with pytest.raises(StudyError, match="--seeds must be comma-separated integers"):
         make_plan(base_config, "mhpo", "1,x", "demo", tmp_path, [])

@@ -30,7 +30,15 @@ STRESS = {"ppo_epochs": 4, "minibatches_per_step": 4, "lr_factor": 2.0, "steps_f
 # 0.272 -> 0.378 at step 80 (still rising at a third of the run), best 0.458 at step 170, 0.436 at step 240; the
 # warm-start ran its 1000 steps (the per-kind stop was not reached); 690 s.
 LONG = {"difficulty": 1, "max_tokens": 24, "steps_factor": 4.0, "val_every": 10}
-SETTINGS = ("demo", "stress", "long")
+# The reuse sweep, in one place (issue 24: how many optimiser steps per rollout batch each loss survives): setting
+# reuseN takes N optimiser steps per rollout batch (ppo_epochs x minibatches below; reuse2 is the demo's own 1 x 2) at
+# the demo's learning rate, for half the demo's RL steps (as stress, whose 16 steps at 2x the lr is the sweep's one
+# point at a larger step), validating every 10 steps.
+REUSE_STEPS: dict[str, tuple[int, int]] = {"reuse2": (1, 2), "reuse4": (2, 2), "reuse8": (4, 2), "reuse16": (4, 4)}
+REUSE_STEPS_FACTOR, REUSE_VAL_EVERY = 0.5, 10
+REUSE: dict[str, Any] = {"epochs_x_minibatches": REUSE_STEPS, "steps_factor": REUSE_STEPS_FACTOR,
+                         "val_every": REUSE_VAL_EVERY}  # as printed in summary.md and study.json
+SETTINGS = ("demo", "stress", "long", *REUSE_STEPS)
 DEFAULT_SETTINGS = "demo,stress"  # the 36-run study's; `long` is asked for by name (hours of CPU per loss and seed)
 DEFAULT_LOSSES = "mhpo,grpo,dapo,gspo,sapo,grpo_xmhpo"
 # Keys each run sets itself; a user override of one would be silently overwritten, so it is refused.
@@ -114,12 +122,21 @@ def setting_overrides(setting: str, cfg: RunConfig) -> list[str]:
     t = cfg.trainer
     if setting == "long":
         return _long_overrides(cfg)
-    parts = STRESS["minibatches_per_step"]
-    if t.rollout_batch_size % parts:
-        raise StudyError(f"stress setting: trainer.rollout_batch_size={t.rollout_batch_size} must be a multiple of "
-                         f"{parts} (it is split into {parts} minibatches per step)")
-    return [f"trainer.ppo_epochs={STRESS['ppo_epochs']}", f"trainer.minibatch_size={t.rollout_batch_size // parts}",
+    if setting in REUSE_STEPS:
+        epochs, parts = REUSE_STEPS[setting]
+        return [*_reuse_overrides(setting, cfg, epochs, parts), f"trainer.val_every={REUSE_VAL_EVERY}",
+                f"trainer.total_steps={max(1, round(t.total_steps * REUSE_STEPS_FACTOR))}"]
+    return [*_reuse_overrides(setting, cfg, int(STRESS["ppo_epochs"]), int(STRESS["minibatches_per_step"])),
             f"optim.lr={cfg.optim.lr * STRESS['lr_factor']!r}", f"trainer.total_steps={max(1, round(t.total_steps * STRESS['steps_factor']))}"]
+
+
+def _reuse_overrides(setting: str, cfg: RunConfig, epochs: int, parts: int) -> list[str]:
+    """`epochs` passes over each rollout batch in `parts` minibatches: epochs x parts optimiser steps per batch."""
+    t = cfg.trainer
+    if t.rollout_batch_size % parts:
+        raise StudyError(f"{setting} setting: trainer.rollout_batch_size={t.rollout_batch_size} must be a multiple of "
+                         f"{parts} (it is split into {parts} minibatches per step)")
+    return [f"trainer.ppo_epochs={epochs}", f"trainer.minibatch_size={t.rollout_batch_size // parts}"]
 
 
 def _long_overrides(cfg: RunConfig) -> list[str]:
@@ -170,7 +187,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"base_config": self.base_config, "user_overrides": self.user_overrides, "settings": self.settings,
                 "losses": [dataclasses.asdict(v) for v in self.variants], "seeds": self.seeds, "stress": STRESS,
-                "long": LONG}
+                "long": LONG, "reuse": REUSE}
 
     def save(self) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)

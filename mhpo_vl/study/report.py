@@ -7,7 +7,7 @@ from typing import Any
 
 from mhpo_vl.study.aggregate import COLUMNS, DEFINITIONS, group_records, run_record
 from mhpo_vl.study.figures import plot_setting
-from mhpo_vl.study.plan import LONG, STRESS, Plan
+from mhpo_vl.study.plan import LONG, REUSE, STRESS, Plan
 
 # Which extreme each column shows next to mean +- std: the worst seed (lowest accuracy, largest drop/norm/spikes).
 EXTREME = {"val_accuracy_initial": "min", "val_accuracy_final": "min", "val_accuracy_best": "min", "drop": "max", "late_min": "min",
@@ -40,7 +40,8 @@ def render_markdown(plan: Plan, groups: list[dict[str, Any]], records: list[dict
     lines += ["", f"(stress = {json.dumps(STRESS)}: each step's rollouts feed several optimiser steps, so the "
               "policy moves away from the one that sampled them and ratios leave 1; long = "
               f"{json.dumps(LONG)}: near on-policy on a harder task for 4x the steps, where the paper's claim is "
-              "made.)", "", "## Losses", "",
+              f"made; reuse = {json.dumps(REUSE)}: reuseN takes N optimiser steps (epochs x minibatches) per "
+              "rollout batch at the demo's learning rate.)", "", "## Losses", "",
               "| label | loss | scale on the policy term |", "|---|---|---|"]
     lines += [f"| {v.label} | {v.loss} | {v.scale:.6g} |" for v in plan.variants]
     for setting in plan.settings:

@@ -388,6 +388,35 @@ def test_summary_of_hand_made_runs(base_config, tmp_path):
     assert (tmp_path / "s" / "figures" / "demo.png").stat().st_size > 10_000
 
 
+def test_the_reuse_boundary_reads_the_sweep_across_its_settings(base_config, tmp_path):
+    """Per loss and optimiser steps per batch (reuse2 = 1 x 2, reuse8 = 4 x 2): seeds ending at or above their start,
+    stats over seeds; a partial run and a setting outside the sweep are left out; the table and the figure."""
+    plan = make_plan(base_config, "mhpo,grpo", "1,2", "reuse8,reuse2,demo", tmp_path / "s", [])
+    plan.save()
+    runs = {r.name: r for r in plan.runs()}
+    flat = [0.5] * 8
+    for name, acc in {"reuse2/mhpo/seed1": (0.40, 0.60, 0.60), "reuse2/mhpo/seed2": (0.50, 0.70, 0.75),
+                      "reuse8/mhpo/seed1": (0.40, 0.10, 0.45), "reuse8/mhpo/seed2": (0.50, 0.50, 0.55),
+                      "reuse2/grpo/seed1": (0.40, 0.55, 0.60), "reuse8/grpo/seed1": (0.40, 0.45, 0.50),
+                      "demo/grpo/seed1": (0.40, 0.00, 0.40)}.items():
+        write_run(runs[name].dir, plan, runs[name], flat, flat, 1.0, accuracies=acc)
+    write_run(runs["reuse8/grpo/seed2"].dir, plan, runs["reuse8/grpo/seed2"], flat, flat, 1.0)  # partial: no summary
+    build_report(load_plan(tmp_path / "s"))
+    boundary = json.loads((tmp_path / "s" / "summary.json").read_text())["reuse_boundary"]
+    assert [(e["loss"], e["steps_per_batch"], e["setting"], e["seeds"], e["held"]) for e in boundary] == [
+        ("mhpo", 2, "reuse2", [1, 2], 2), ("mhpo", 8, "reuse8", [1, 2], 1),  # seed 1: 0.40 -> 0.10; seed 2: 0.5 -> 0.5
+        ("grpo", 2, "reuse2", [1], 1), ("grpo", 8, "reuse8", [1], 1)]
+    mhpo8 = boundary[1]
+    assert mhpo8["val_accuracy_final"] == pytest.approx({"n": 2, "mean": 0.3, "std": 0.2828427, "min": 0.1, "max": 0.5})
+    assert mhpo8["drop"] == pytest.approx({"n": 2, "mean": 0.2, "std": 0.2121320, "min": 0.05, "max": 0.35})
+    assert mhpo8["finals"] == [0.10, 0.50]
+    md = (tmp_path / "s" / "summary.md").read_text()
+    assert "| mhpo | 8 (reuse8) | 1 of 2 | 0.450 ± 0.071 (min 0.400) | 0.300 ± 0.283 (min 0.100) |" in md
+    assert "| grpo | 2 (reuse2) | 1 of 1 | 0.400 | 0.550 |" in md
+    assert "![reuse boundary](figures/reuse_boundary.png)" in md
+    assert (tmp_path / "s" / "figures" / "reuse_boundary.png").stat().st_size > 10_000
+
+
 def test_summarize_only_from_the_command_line(base_config, tmp_path, capsys):
     from mhpo_vl.cli import main
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from mhpo_vl.runs.loggers import read_metrics
-from mhpo_vl.study.plan import Plan, Run
+from mhpo_vl.study.plan import REUSE_STEPS, Plan, Run
 from mhpo_vl.study.runner import run_state
 
 SPIKE_FACTOR = 3.0
@@ -152,6 +152,25 @@ def group_records(plan: Plan, records: list[dict[str, Any]]) -> list[dict[str, A
                 "stats": {key: stats([r.get(key) for r in mine]) for key, _ in COLUMNS},
             })
     return groups
+
+
+def reuse_boundary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reuse sweep read across its settings: one entry per (loss, optimiser steps per rollout batch) with the
+    finished runs' held-out accuracy at the start, at the end and over the last 20% (each with stats over seeds), and
+    how many seeds end at or above their start ("held"). Entries are in loss order of first appearance, then by
+    steps; settings outside the sweep (``REUSE_STEPS``) are ignored."""
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in records:
+        if r["setting"] in REUSE_STEPS and r["status"] == "done":
+            epochs, parts = REUSE_STEPS[r["setting"]]
+            out.setdefault((r["loss"], epochs * parts), []).append(r)
+    losses = list(dict.fromkeys(loss for loss, _ in out))
+    return [{"loss": loss, "steps_per_batch": n, "setting": runs[0]["setting"], "seeds": [r["seed"] for r in runs],
+             "held": sum(r["val_accuracy_final"] >= r["val_accuracy_initial"] for r in runs),
+             **{key: stats([r.get(key) for r in runs]) for key in ("val_accuracy_initial", "val_accuracy_final",
+                                                                    "late_min", "drop")},
+             "finals": [r["val_accuracy_final"] for r in runs], "late_mins": [r.get("late_min") for r in runs]}
+            for loss in losses for (name, n), runs in sorted(out.items(), key=lambda kv: kv[0][1]) if name == loss]
 
 
 def seed_band(per_seed: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:

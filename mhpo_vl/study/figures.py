@@ -79,3 +79,44 @@ def plot_setting(plan: Plan, setting: str, out_path: Path) -> Path | None:
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def plot_reuse_boundary(entries: list[dict[str, Any]], out_path: Path) -> Path | None:
+    """The reuse sweep in one figure (``aggregate.reuse_boundary``'s entries): held-out accuracy at the end and the
+    lowest over the last 20% of steps against optimiser steps per rollout batch, each seed a dot, the mean a line,
+    the mean start dashed. None when fewer than two sweep points have finished."""
+    if len({e["steps_per_batch"] for e in entries}) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    losses = list(dict.fromkeys(e["loss"] for e in entries))
+    for i, loss in enumerate(losses):
+        color = plt.get_cmap("tab10")(i % 10)
+        mine = [e for e in entries if e["loss"] == loss]
+        xs = [e["steps_per_batch"] for e in mine]
+        for ax, key, dots in ((axes[0], "val_accuracy_final", "finals"), (axes[1], "late_min", "late_mins")):
+            ax.plot(xs, [e[key]["mean"] for e in mine], "-", color=color, label=f"{loss} (mean over seeds)")
+            for e in mine:
+                values = [v for v in e[dots] if v is not None]
+                ax.plot([e["steps_per_batch"]] * len(values), values, "o", color=color, ms=4, alpha=0.6)
+            ax.plot(xs, [e["val_accuracy_initial"]["mean"] for e in mine], ":", color=color, lw=1,
+                    label=f"{loss}: start (mean)")
+    for ax, title in ((axes[0], "held-out accuracy at the end of RL"),
+                      (axes[1], "lowest held-out accuracy over the last 20% of steps")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({e["steps_per_batch"] for e in entries}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("optimiser steps per rollout batch (demo lr)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("the reuse boundary: dots are seeds")
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

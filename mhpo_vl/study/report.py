@@ -1,12 +1,13 @@
-"""``<out>/summary.json``, ``<out>/summary.md`` and ``<out>/figures/<setting>.png`` from a study's run folders."""
+"""``<out>/summary.json``, ``<out>/summary.md`` and ``<out>/figures/<setting>.png`` from a study's run folders (and
+``figures/reuse_boundary.png`` when two or more points of the reuse sweep have finished)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-from mhpo_vl.study.aggregate import COLUMNS, DEFINITIONS, group_records, run_record
-from mhpo_vl.study.figures import plot_setting
+from mhpo_vl.study.aggregate import COLUMNS, DEFINITIONS, group_records, reuse_boundary, run_record
+from mhpo_vl.study.figures import plot_reuse_boundary, plot_setting
 from mhpo_vl.study.plan import LONG, REUSE, STRESS, Plan
 
 # Which extreme each column shows next to mean +- std: the worst seed (lowest accuracy, largest drop/norm/spikes).
@@ -19,17 +20,20 @@ def build_report(plan: Plan) -> dict[str, Path]:
     records = [run_record(run) for run in plan.runs()]
     groups = group_records(plan, records)
     figures = {s: plot_setting(plan, s, plan.out_dir / "figures" / f"{s}.png") for s in plan.settings}
-    summary = {"study": plan.to_json(), "definitions": DEFINITIONS, "groups": groups, "runs": records}
+    boundary = reuse_boundary(records)
+    figures["reuse_boundary"] = plot_reuse_boundary(boundary, plan.out_dir / "figures" / "reuse_boundary.png")
+    summary = {"study": plan.to_json(), "definitions": DEFINITIONS, "groups": groups, "reuse_boundary": boundary,
+               "runs": records}
     json_path = plan.out_dir / "summary.json"
     json_path.write_text(json.dumps(summary, indent=1) + "\n")
     md_path = plan.out_dir / "summary.md"
-    md_path.write_text(render_markdown(plan, groups, records, figures))
+    md_path.write_text(render_markdown(plan, groups, records, figures, boundary))
     return {"summary.json": json_path, "summary.md": md_path,
             **{f"figure {s}": p for s, p in figures.items() if p is not None}}
 
 
 def render_markdown(plan: Plan, groups: list[dict[str, Any]], records: list[dict[str, Any]],
-                    figures: dict[str, Path | None]) -> str:
+                    figures: dict[str, Path | None], boundary: list[dict[str, Any]] | None = None) -> str:
     base = f"Base config `{plan.base_config}`" + (f" with `{' '.join(plan.user_overrides)}`" if plan.user_overrides else "")
     lines = [f"# Study `{plan.out_dir}`", "",
              f"{base}; seeds {', '.join(map(str, plan.seeds))} (`trainer.seed` = `data.seed` = the seed). "
@@ -48,6 +52,10 @@ def render_markdown(plan: Plan, groups: list[dict[str, Any]], records: list[dict
         lines += ["", f"## Results: {setting}", "", _group_table([g for g in groups if g["setting"] == setting])]
         if figures.get(setting):
             lines += ["", f"![{setting}](figures/{setting}.png)"]
+    if boundary:
+        lines += ["", "## The reuse boundary", "", _boundary_table(boundary)]
+        if figures.get("reuse_boundary"):
+            lines += ["", "![reuse boundary](figures/reuse_boundary.png)"]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()]
     lines += ["", "## Every run", "", _run_table(records)]
     return "\n".join(lines) + "\n"
@@ -60,6 +68,18 @@ def _group_table(groups: list[dict[str, Any]]) -> str:
         cells = [_cell(key, g["stats"][key]) for key, _ in COLUMNS]
         rows.append(f"| {g['loss']} | {g['runs_done']} ({g['runs_diverged']}) / {g['runs_planned']} | "
                     + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _boundary_table(entries: list[dict[str, Any]]) -> str:
+    """Per loss and optimiser steps per rollout batch: seeds that end at or above their start, then start, final,
+    min last 20% and drop as mean +- std (worst seed)."""
+    keys = ("val_accuracy_initial", "val_accuracy_final", "late_min", "drop")
+    rows = ["| loss | optimiser steps per batch (setting) | seeds ending >= start | start | final | min last 20% | "
+            "drop best->final |", "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        rows.append(f"| {e['loss']} | {e['steps_per_batch']} ({e['setting']}) | {e['held']} of {len(e['seeds'])} | "
+                    + " | ".join(_cell(k, e[k]) for k in keys) + " |")
     return "\n".join(rows)
 
 

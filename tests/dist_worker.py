@@ -17,11 +17,9 @@ import torch
 TOKEN_BUDGET = 200
 
 
-def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "finite", micro: str = "rows") -> None:
-    from mhpo_vl.config import load_config
-    from mhpo_vl.train import build_trainer
-    from mhpo_vl.train.parts import make_loss, make_runtime
-
+def fixed_rollout_overrides(out_dir: str, model_dir: str, deepspeed: str) -> list[str]:
+    """The config of the fixed-rollout workers (this one and lora_worker.py): the tiny model at float32, 4 prompts x
+    2 answers, HF sampler, two passes per update (the second off-policy, so its loss is not 0)."""
     overrides = [
         f"model.name_or_path={model_dir}", "model.dtype=float32", "model.gradient_checkpointing=false",
         "data.train={name: geosynth, split: train, options: {n: 8, seed: 0, difficulty: 1}}",
@@ -33,14 +31,22 @@ def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "f
         # Adam with a huge eps steps by lr * grad (to first order): weights then compare gradients linearly,
         # instead of Adam's sign-like steps amplifying float noise where a gradient is ~0.
         "optim.lr=1.0", "optim.eps=1.0", "optim.weight_decay=0.0", "optim.max_grad_norm=1.0e6",
-        # Two passes over the batch: the second is off-policy, so its loss is not 0.
         "trainer.ppo_epochs=2", "reward.num_workers=1", "algorithm.loss=mhpo",
     ]
+    if deepspeed != "none":
+        overrides.append(f"trainer.deepspeed={deepspeed}")
+    return overrides
+
+
+def main(out_dir: str, model_dir: str, deepspeed: str, nan_first_micro: str = "finite", micro: str = "rows") -> None:
+    from mhpo_vl.config import load_config
+    from mhpo_vl.train import build_trainer
+    from mhpo_vl.train.parts import make_loss, make_runtime
+
+    overrides = fixed_rollout_overrides(out_dir, model_dir, deepspeed)
     if micro == "tokens":
         overrides += [f"trainer.max_tokens_per_micro_batch={TOKEN_BUDGET}",
                       f"trainer.logprob_max_tokens_per_micro_batch={TOKEN_BUDGET}"]
-    if deepspeed != "none":
-        overrides.append(f"trainer.deepspeed={deepspeed}")
     cfg = load_config(None, overrides)
     runtime = make_runtime(cfg)
     loss_fn = make_loss(cfg)

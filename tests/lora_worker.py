@@ -8,7 +8,7 @@ import os
 import sys
 
 import torch
-from dist_worker import _scored_rollouts
+from dist_worker import _scored_rollouts, fixed_rollout_overrides
 
 
 def main(out_dir: str, model_dir: str, deepspeed: str) -> None:
@@ -16,21 +16,7 @@ def main(out_dir: str, model_dir: str, deepspeed: str) -> None:
     from mhpo_vl.models.lora import merged_lora_weights
     from mhpo_vl.train import build_trainer
 
-    overrides = [
-        f"model.name_or_path={model_dir}", "model.dtype=float32", "model.gradient_checkpointing=false",
-        "model.lora={rank: 4, alpha: 8}",
-        "data.train={name: geosynth, split: train, options: {n: 8, seed: 0, difficulty: 1}}",
-        "data.val={name: geosynth, split: val, options: {n: 2, seed: 0, difficulty: 1}}",
-        "data.template=direct_boxed", "data.max_prompt_length=512", "data.min_pixels=null", "data.max_pixels=null",
-        "rollout.backend=hf", "rollout.n=2", "rollout.max_tokens=8",
-        "trainer.rollout_batch_size=4", "trainer.minibatch_size=4", "trainer.micro_batch_size=2",
-        "trainer.device=cpu", f"trainer.output_dir={out_dir}/run", "trainer.resume=false",
-        # Adam with a huge eps steps by lr * grad (to first order): 1 and 2 processes compare linearly
-        "optim.lr=1.0", "optim.eps=1.0", "optim.weight_decay=0.0", "optim.max_grad_norm=1.0e6",
-        "trainer.ppo_epochs=2", "reward.num_workers=1", "algorithm.loss=mhpo",
-    ]
-    if deepspeed != "none":
-        overrides.append(f"trainer.deepspeed={deepspeed}")
+    overrides = [*fixed_rollout_overrides(out_dir, model_dir, deepspeed), "model.lora={rank: 4, alpha: 8}"]
     trainer = build_trainer(load_config(None, overrides))
     rt = trainer.rt
     rank, world = rt.rank, rt.world_size

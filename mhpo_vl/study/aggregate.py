@@ -170,7 +170,7 @@ def reuse_boundary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
              **{key: stats([r.get(key) for r in runs]) for key in ("val_accuracy_initial", "val_accuracy_final",
                                                                     "late_min", "drop")},
              "finals": [r["val_accuracy_final"] for r in runs], "late_mins": [r.get("late_min") for r in runs]}
-            for loss in losses for (name, n), runs in sorted(out.items(), key=lambda kv: kv[0][1]) if name == loss]
+            for (loss, n), runs in sorted(out.items(), key=lambda kv: (losses.index(kv[0][0]), kv[0][1]))]
 
 
 def seed_band(per_seed: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:

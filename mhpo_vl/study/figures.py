@@ -74,17 +74,13 @@ def plot_setting(plan: Plan, setting: str, out_path: Path) -> Path | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(f"study setting: {setting}")
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
 
 
 def plot_reuse_boundary(entries: list[dict[str, Any]], out_path: Path) -> Path | None:
     """The reuse sweep in one figure (``aggregate.reuse_boundary``'s entries): held-out accuracy at the end and the
     lowest over the last 20% of steps against optimiser steps per rollout batch, each seed a dot, the mean a line,
-    the mean start dashed. None when fewer than two sweep points have finished."""
+    the mean start dotted. None when fewer than two sweep points have finished."""
     if len({e["steps_per_batch"] for e in entries}) < 2:
         return None
     import matplotlib
@@ -115,6 +111,12 @@ def plot_reuse_boundary(entries: list[dict[str, Any]], out_path: Path) -> Path |
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("the reuse boundary: dots are seeds")
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=110)

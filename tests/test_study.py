@@ -17,7 +17,7 @@ import yaml
 
 from mhpo_vl.config import save_config
 from mhpo_vl.losses.mhpo import on_policy_factor
-from mhpo_vl.study.aggregate import spike_steps
+from mhpo_vl.study.aggregate import sign_test_p, spike_steps
 from mhpo_vl.study.plan import Plan, StudyError, load_plan, make_plan, parse_losses
 from mhpo_vl.study.report import build_report
 from mhpo_vl.study.runner import StudyInterrupted, launch_subprocess, run_study
@@ -415,6 +415,46 @@ def test_the_reuse_boundary_reads_the_sweep_across_its_settings(base_config, tmp
     assert "| grpo | 2 (reuse2) | 1 of 1 | 0.400 | 0.550 |" in md
     assert "![reuse boundary](figures/reuse_boundary.png)" in md
     assert (tmp_path / "s" / "figures" / "reuse_boundary.png").stat().st_size > 10_000
+
+
+def test_paired_by_seed_compares_the_first_loss_with_each_other_only_from_the_same_warm_start(base_config, tmp_path):
+    """mhpo - grpo per seed over seeds 1-3 (same start accuracy); seed 4 starts elsewhere (another float path's
+    warm-start) and is listed as unpaired; seed 5 has only one run done. Hand-computed: finals +0.10, +0.10, 0.00 ->
+    mean 0.0667, std 0.0577, t(2) = 4.303 -> +-0.1434; drops -0.10, -0.05, +0.05; the sign test drops ties."""
+    plan = make_plan(base_config, "mhpo,grpo", "1,2,3,4,5", "demo", tmp_path / "s", [])
+    plan.save()
+    runs = {r.name: r for r in plan.runs()}
+    flat = [0.5] * 8
+    for name, acc in {"demo/mhpo/seed1": (0.30, 0.50, 0.60), "demo/grpo/seed1": (0.30, 0.40, 0.60),
+                      "demo/mhpo/seed2": (0.40, 0.70, 0.70), "demo/grpo/seed2": (0.40, 0.60, 0.65),
+                      "demo/mhpo/seed3": (0.50, 0.55, 0.60), "demo/grpo/seed3": (0.50, 0.55, 0.55),
+                      "demo/mhpo/seed4": (0.50, 0.90, 0.90), "demo/grpo/seed4": (0.45, 0.10, 0.40),
+                      "demo/mhpo/seed5": (0.50, 0.90, 0.90)}.items():
+        write_run(runs[name].dir, plan, runs[name], flat, flat, 1.0, accuracies=acc, cpu="Intel" if "4" in name else None)
+    build_report(load_plan(tmp_path / "s"))
+    (entry,) = json.loads((tmp_path / "s" / "summary.json").read_text())["paired"]
+    assert (entry["reference"], entry["other"], entry["seeds"]) == ("mhpo", "grpo", [1, 2, 3])
+    assert entry["unpaired"] == [{"seed": 4, "starts": [0.5, 0.45], "cpus": ["Intel", "Intel"]}]
+    final = entry["val_accuracy_final"]
+    assert final["diffs"] == pytest.approx([0.10, 0.10, 0.0])
+    assert (final["mean"], final["std"]) == pytest.approx((0.0666667, 0.0577350))
+    assert final["ci95"] == pytest.approx([0.0666667 - 0.1434333, 0.0666667 + 0.1434333])
+    assert (final["above"], final["below"], final["level"], final["sign_p"]) == (2, 0, 1, 0.5)  # 2 x (1/2)^2
+    drop = entry["drop"]
+    assert drop["diffs"] == pytest.approx([-0.10, -0.05, 0.05])
+    assert (drop["above"], drop["below"], drop["sign_p"]) == (1, 2, 1.0)
+    assert entry["late_min"]["n"] == 0  # no val_history in these summaries
+    md = (tmp_path / "s" / "summary.md").read_text()
+    assert ("| demo | mhpo - grpo | final | 3 (1, 2, 3) | +0.100, +0.100, +0.000 | +0.067 ± 0.058 | [-0.077, +0.210] | "
+            "2 / 0 / 1 | 0.5 |") in md
+    assert "| demo | mhpo - grpo | min last 20% |" not in md
+    assert "- demo, mhpo - grpo: seed 4 unpaired (starts 0.500 / 0.450; CPU Intel / Intel)" in md
+
+
+def test_sign_test():
+    assert sign_test_p(5, 0) == 0.0625 and sign_test_p(0, 5) == 0.0625
+    assert sign_test_p(4, 1) == pytest.approx(2 * 6 / 32)
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) == 1.0
 
 
 def test_summarize_only_from_the_command_line(base_config, tmp_path, capsys):

@@ -39,6 +39,12 @@ DEFINITIONS = {
     "final entropy / final reward": f"mean response/entropy (nats/token) / reward/mean over the last {FINAL_WINDOW} RL "
                                     "steps (one step's batch is too noisy to stand for the end of a run)",
     "skipped updates": "optimiser steps skipped for a non-finite loss or gradient",
+    "paired by seed": "the plan's first loss minus each other loss, seed by seed, over the seeds where both runs "
+                      "finished from the same start accuracy (the same warm-start: the same seed on another CPU's "
+                      "float path warm-starts elsewhere and is listed as unpaired); mean ± sample std of the "
+                      "differences, the paired-t 95% interval (mean ± t(n-1) x std / sqrt(n)), the seeds where the "
+                      "first loss is above / below / level, and the exact two-sided sign test's p (ties dropped; with "
+                      "5 pairs its smallest value is 1/16 = 0.0625)",
     "cells": "mean ± sample std over seeds (std needs 2 seeds), then the worst seed (min of accuracies, max of the "
              "others); diverged runs count in every column except the accuracies; unfinished runs in none",
 }
@@ -171,6 +177,61 @@ def reuse_boundary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                                                     "late_min", "drop")},
              "finals": [r["val_accuracy_final"] for r in runs], "late_mins": [r.get("late_min") for r in runs]}
             for (loss, n), runs in sorted(out.items(), key=lambda kv: (losses.index(kv[0][0]), kv[0][1]))]
+
+
+# Two-sided 95% quantiles of Student's t for 1-30 degrees of freedom; above 30, df 30's (a slightly wide interval).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+PAIRED_KEYS = (("val_accuracy_final", "final"), ("drop", "drop best->final"), ("late_min", "min last 20%"))
+SAME_START = 1e-9  # two runs of one seed are a pair when their start accuracies agree to this
+
+
+def sign_test_p(above: int, below: int) -> float:
+    """Exact two-sided sign test (ties dropped beforehand): P(a split at least this uneven | no difference)."""
+    n = above + below
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(above, below) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_differences(plan: Plan, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting, the plan's first loss against each other loss, seed by seed: reference - other of each
+    PAIRED_KEYS measure over the seeds where both runs are done AND start from the same accuracy (the same
+    warm-start; on another CPU's float path the same seed warm-starts elsewhere and the two runs are not a pair).
+    Per measure: the per-seed differences, mean, sample std, the paired-t 95% interval (2 pairs or more), how many
+    seeds put the reference above / below / level with the other, and the exact sign test's two-sided p."""
+    if len(plan.variants) < 2:
+        return []
+    ref = plan.variants[0].label
+    done = {(r["setting"], r["loss"], r["seed"]): r for r in records if r["status"] == "done"}
+    out = []
+    for setting in plan.settings:
+        for variant in plan.variants[1:]:
+            paired, unpaired = [], []
+            for seed in plan.seeds:
+                a, b = done.get((setting, ref, seed)), done.get((setting, variant.label, seed))
+                if a is None or b is None:
+                    continue
+                if abs(a["val_accuracy_initial"] - b["val_accuracy_initial"]) <= SAME_START:
+                    paired.append((seed, a, b))
+                else:
+                    unpaired.append({"seed": seed, "starts": [a["val_accuracy_initial"], b["val_accuracy_initial"]],
+                                     "cpus": [a.get("cpu"), b.get("cpu")]})
+            entry: dict[str, Any] = {"setting": setting, "reference": ref, "other": variant.label,
+                                     "seeds": [seed for seed, _, _ in paired], "unpaired": unpaired}
+            for key, _ in PAIRED_KEYS:
+                diffs = [a[key] - b[key] for _, a, b in paired if a.get(key) is not None and b.get(key) is not None]
+                summary = stats(diffs)
+                n, mean, std = summary["n"], summary["mean"], summary["std"]
+                half = T_975[min(n - 1, len(T_975)) - 1] * std / math.sqrt(n) if std is not None else None
+                above, below = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+                entry[key] = {"diffs": diffs, "n": n, "mean": mean, "std": std,
+                              "ci95": [mean - half, mean + half] if half is not None else None,
+                              "above": above, "below": below, "level": n - above - below,
+                              "sign_p": sign_test_p(above, below)}
+            out.append(entry)
+    return out
 
 
 def seed_band(per_seed: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:

@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mhpo_vl.study.aggregate import COLUMNS, DEFINITIONS, group_records, reuse_boundary, run_record
+from mhpo_vl.study.aggregate import (
+    COLUMNS,
+    DEFINITIONS,
+    PAIRED_KEYS,
+    group_records,
+    paired_differences,
+    reuse_boundary,
+    run_record,
+)
 from mhpo_vl.study.figures import plot_reuse_boundary, plot_setting
 from mhpo_vl.study.plan import LONG, REUSE, STRESS, Plan
 
@@ -22,18 +30,20 @@ def build_report(plan: Plan) -> dict[str, Path]:
     figures = {s: plot_setting(plan, s, plan.out_dir / "figures" / f"{s}.png") for s in plan.settings}
     boundary = reuse_boundary(records)
     figures["reuse_boundary"] = plot_reuse_boundary(boundary, plan.out_dir / "figures" / "reuse_boundary.png")
+    paired = paired_differences(plan, records)
     summary = {"study": plan.to_json(), "definitions": DEFINITIONS, "groups": groups, "reuse_boundary": boundary,
-               "runs": records}
+               "paired": paired, "runs": records}
     json_path = plan.out_dir / "summary.json"
     json_path.write_text(json.dumps(summary, indent=1) + "\n")
     md_path = plan.out_dir / "summary.md"
-    md_path.write_text(render_markdown(plan, groups, records, figures, boundary))
+    md_path.write_text(render_markdown(plan, groups, records, figures, boundary, paired))
     return {"summary.json": json_path, "summary.md": md_path,
             **{f"figure {s}": p for s, p in figures.items() if p is not None}}
 
 
 def render_markdown(plan: Plan, groups: list[dict[str, Any]], records: list[dict[str, Any]],
-                    figures: dict[str, Path | None], boundary: list[dict[str, Any]] | None = None) -> str:
+                    figures: dict[str, Path | None], boundary: list[dict[str, Any]] | None = None,
+                    paired: list[dict[str, Any]] | None = None) -> str:
     base = f"Base config `{plan.base_config}`" + (f" with `{' '.join(plan.user_overrides)}`" if plan.user_overrides else "")
     lines = [f"# Study `{plan.out_dir}`", "",
              f"{base}; seeds {', '.join(map(str, plan.seeds))} (`trainer.seed` = `data.seed` = the seed). "
@@ -56,6 +66,11 @@ def render_markdown(plan: Plan, groups: list[dict[str, Any]], records: list[dict
         lines += ["", "## The reuse boundary", "", _boundary_table(boundary)]
         if figures.get("reuse_boundary"):
             lines += ["", "![reuse boundary](figures/reuse_boundary.png)"]
+    if paired and any(e["seeds"] or e["unpaired"] for e in paired):
+        lines += ["", "## Paired by seed", "", _paired_table(paired)]
+        lines += [f"- {e['setting']}, {e['reference']} - {e['other']}: seed {u['seed']} unpaired (starts "
+                  f"{u['starts'][0]:.3f} / {u['starts'][1]:.3f}; CPU {u['cpus'][0] or '-'} / {u['cpus'][1] or '-'})"
+                  for e in paired for u in e["unpaired"]]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()]
     lines += ["", "## Every run", "", _run_table(records)]
     return "\n".join(lines) + "\n"
@@ -80,6 +95,26 @@ def _boundary_table(entries: list[dict[str, Any]]) -> str:
     for e in entries:
         rows.append(f"| {e['loss']} | {e['steps_per_batch']} ({e['setting']}) | {e['held']} of {len(e['seeds'])} | "
                     + " | ".join(_cell(k, e[k]) for k in keys) + " |")
+    return "\n".join(rows)
+
+
+def _paired_table(paired: list[dict[str, Any]]) -> str:
+    """One row per (setting, other loss, measure): reference - other per seed and over the pairs."""
+    rows = ["| setting | difference | measure | pairs (seeds) | per seed | mean ± std | 95% interval (paired t) | "
+            "above / below / level | sign test p |", "|" + "---|" * 9]
+    for e in paired:
+        if not e["seeds"]:
+            continue
+        for key, title in PAIRED_KEYS:
+            d = e[key]
+            if not d["n"]:
+                continue
+            per_seed = ", ".join(f"{x:+.3f}" for x in d["diffs"])
+            mean = f"{d['mean']:+.3f}" + (f" ± {d['std']:.3f}" if d["std"] is not None else "")
+            ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else "-"
+            rows.append(f"| {e['setting']} | {e['reference']} - {e['other']} | {title} | {d['n']} "
+                        f"({', '.join(map(str, e['seeds']))}) | {per_seed} | {mean} | {ci} | "
+                        f"{d['above']} / {d['below']} / {d['level']} | {d['sign_p']:.3g} |")
     return "\n".join(rows)
 
 

@@ -328,6 +328,23 @@ def write_run(run_dir: Path, plan: Plan, run, norms, rewards, entropy, accuracie
         (run_dir / "diverged.json").write_text("{}")
 
 
+def report_of_flat_runs(base_config: str, out: Path, losses: str, seeds: str, settings: str,
+                        accuracies: dict[str, tuple[float, float, float]], *, partial: tuple[str, ...] | list[str] = (),
+                        cpus: dict[str, str] | None = None) -> tuple[dict, str]:
+    """A study whose runs are flat curves (norms, rewards 0.5) with the given (start, final, best) accuracies, plus
+    ``partial`` runs (metrics, no summary); builds the report and returns summary.json (parsed) and summary.md."""
+    plan = make_plan(base_config, losses, seeds, settings, out, [])
+    plan.save()
+    runs = {r.name: r for r in plan.runs()}
+    flat = [0.5] * 8
+    for name, acc in accuracies.items():
+        write_run(runs[name].dir, plan, runs[name], flat, flat, 1.0, accuracies=acc, cpu=(cpus or {}).get(name))
+    for name in partial:
+        write_run(runs[name].dir, plan, runs[name], flat, flat, 1.0)
+    build_report(load_plan(out))
+    return json.loads((out / "summary.json").read_text()), (out / "summary.md").read_text()
+
+
 def test_summary_of_hand_made_runs(base_config, tmp_path):
     plan = make_plan(base_config, "mhpo,grpo", "1,2,3", "demo", tmp_path / "s", [])
     plan.save()
@@ -391,18 +408,12 @@ def test_summary_of_hand_made_runs(base_config, tmp_path):
 def test_the_reuse_boundary_reads_the_sweep_across_its_settings(base_config, tmp_path):
     """Per loss and optimiser steps per batch (reuse2 = 1 x 2, reuse8 = 4 x 2): seeds ending at or above their start,
     stats over seeds; a partial run and a setting outside the sweep are left out; the table and the figure."""
-    plan = make_plan(base_config, "mhpo,grpo", "1,2", "reuse8,reuse2,demo", tmp_path / "s", [])
-    plan.save()
-    runs = {r.name: r for r in plan.runs()}
-    flat = [0.5] * 8
-    for name, acc in {"reuse2/mhpo/seed1": (0.40, 0.60, 0.60), "reuse2/mhpo/seed2": (0.50, 0.70, 0.75),
-                      "reuse8/mhpo/seed1": (0.40, 0.10, 0.45), "reuse8/mhpo/seed2": (0.50, 0.50, 0.55),
-                      "reuse2/grpo/seed1": (0.40, 0.55, 0.60), "reuse8/grpo/seed1": (0.40, 0.45, 0.50),
-                      "demo/grpo/seed1": (0.40, 0.00, 0.40)}.items():
-        write_run(runs[name].dir, plan, runs[name], flat, flat, 1.0, accuracies=acc)
-    write_run(runs["reuse8/grpo/seed2"].dir, plan, runs["reuse8/grpo/seed2"], flat, flat, 1.0)  # partial: no summary
-    build_report(load_plan(tmp_path / "s"))
-    boundary = json.loads((tmp_path / "s" / "summary.json").read_text())["reuse_boundary"]
+    summary, md = report_of_flat_runs(base_config, tmp_path / "s", "mhpo,grpo", "1,2", "reuse8,reuse2,demo", {
+        "reuse2/mhpo/seed1": (0.40, 0.60, 0.60), "reuse2/mhpo/seed2": (0.50, 0.70, 0.75),
+        "reuse8/mhpo/seed1": (0.40, 0.10, 0.45), "reuse8/mhpo/seed2": (0.50, 0.50, 0.55),
+        "reuse2/grpo/seed1": (0.40, 0.55, 0.60), "reuse8/grpo/seed1": (0.40, 0.45, 0.50),
+        "demo/grpo/seed1": (0.40, 0.00, 0.40)}, partial=["reuse8/grpo/seed2"])
+    boundary = summary["reuse_boundary"]
     assert [(e["loss"], e["steps_per_batch"], e["setting"], e["seeds"], e["held"]) for e in boundary] == [
         ("mhpo", 2, "reuse2", [1, 2], 2), ("mhpo", 8, "reuse8", [1, 2], 1),  # seed 1: 0.40 -> 0.10; seed 2: 0.5 -> 0.5
         ("grpo", 2, "reuse2", [1], 1), ("grpo", 8, "reuse8", [1], 1)]
@@ -410,7 +421,6 @@ def test_the_reuse_boundary_reads_the_sweep_across_its_settings(base_config, tmp
     assert mhpo8["val_accuracy_final"] == pytest.approx({"n": 2, "mean": 0.3, "std": 0.2828427, "min": 0.1, "max": 0.5})
     assert mhpo8["drop"] == pytest.approx({"n": 2, "mean": 0.2, "std": 0.2121320, "min": 0.05, "max": 0.35})
     assert mhpo8["finals"] == [0.10, 0.50]
-    md = (tmp_path / "s" / "summary.md").read_text()
     assert "| mhpo | 8 (reuse8) | 1 of 2 | 0.450 ± 0.071 (min 0.400) | 0.300 ± 0.283 (min 0.100) |" in md
     assert "| grpo | 2 (reuse2) | 1 of 1 | 0.400 | 0.550 |" in md
     assert "![reuse boundary](figures/reuse_boundary.png)" in md
@@ -421,18 +431,13 @@ def test_paired_by_seed_compares_the_first_loss_with_each_other_only_from_the_sa
     """mhpo - grpo per seed over seeds 1-3 (same start accuracy); seed 4 starts elsewhere (another float path's
     warm-start) and is listed as unpaired; seed 5 has only one run done. Hand-computed: finals +0.10, +0.10, 0.00 ->
     mean 0.0667, std 0.0577, t(2) = 4.303 -> +-0.1434; drops -0.10, -0.05, +0.05; the sign test drops ties."""
-    plan = make_plan(base_config, "mhpo,grpo", "1,2,3,4,5", "demo", tmp_path / "s", [])
-    plan.save()
-    runs = {r.name: r for r in plan.runs()}
-    flat = [0.5] * 8
-    for name, acc in {"demo/mhpo/seed1": (0.30, 0.50, 0.60), "demo/grpo/seed1": (0.30, 0.40, 0.60),
-                      "demo/mhpo/seed2": (0.40, 0.70, 0.70), "demo/grpo/seed2": (0.40, 0.60, 0.65),
-                      "demo/mhpo/seed3": (0.50, 0.55, 0.60), "demo/grpo/seed3": (0.50, 0.55, 0.55),
-                      "demo/mhpo/seed4": (0.50, 0.90, 0.90), "demo/grpo/seed4": (0.45, 0.10, 0.40),
-                      "demo/mhpo/seed5": (0.50, 0.90, 0.90)}.items():
-        write_run(runs[name].dir, plan, runs[name], flat, flat, 1.0, accuracies=acc, cpu="Intel" if "4" in name else None)
-    build_report(load_plan(tmp_path / "s"))
-    (entry,) = json.loads((tmp_path / "s" / "summary.json").read_text())["paired"]
+    summary, md = report_of_flat_runs(base_config, tmp_path / "s", "mhpo,grpo", "1,2,3,4,5", "demo", {
+        "demo/mhpo/seed1": (0.30, 0.50, 0.60), "demo/grpo/seed1": (0.30, 0.40, 0.60),
+        "demo/mhpo/seed2": (0.40, 0.70, 0.70), "demo/grpo/seed2": (0.40, 0.60, 0.65),
+        "demo/mhpo/seed3": (0.50, 0.55, 0.60), "demo/grpo/seed3": (0.50, 0.55, 0.55),
+        "demo/mhpo/seed4": (0.50, 0.90, 0.90), "demo/grpo/seed4": (0.45, 0.10, 0.40),
+        "demo/mhpo/seed5": (0.50, 0.90, 0.90)}, cpus={"demo/mhpo/seed4": "Intel", "demo/grpo/seed4": "Intel"})
+    (entry,) = summary["paired"]
     assert (entry["reference"], entry["other"], entry["seeds"]) == ("mhpo", "grpo", [1, 2, 3])
     assert entry["unpaired"] == [{"seed": 4, "starts": [0.5, 0.45], "cpus": ["Intel", "Intel"]}]
     final = entry["val_accuracy_final"]
@@ -444,7 +449,6 @@ def test_paired_by_seed_compares_the_first_loss_with_each_other_only_from_the_sa
     assert drop["diffs"] == pytest.approx([-0.10, -0.05, 0.05])
     assert (drop["above"], drop["below"], drop["sign_p"]) == (1, 2, 1.0)
     assert entry["late_min"]["n"] == 0  # no val_history in these summaries
-    md = (tmp_path / "s" / "summary.md").read_text()
     assert ("| demo | mhpo - grpo | final | 3 (1, 2, 3) | +0.100, +0.100, +0.000 | +0.067 ± 0.058 | [-0.077, +0.210] | "
             "2 / 0 / 1 | 0.5 |") in md
     assert "| demo | mhpo - grpo | min last 20% |" not in md
